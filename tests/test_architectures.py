@@ -1,0 +1,83 @@
+"""Each shipped YAML drives one real WISE edit on a tiny random model of its architecture.
+
+The tiny model is built from the architecture's config class with enough blocks for the YAML's
+layer index, so the edit goes through exactly the module path the YAML names. The fast path
+(cached lower blocks) and the reference path (full model every iteration) must agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2Tokenizer, GPTJConfig, LlamaConfig, MistralConfig,
+                          Qwen2Config)
+
+from conftest import HPARAMS_DIR
+from wise_plugin import WISEHyperParams, apply_wise_to_model
+from wise_plugin.wise import find_layer
+from wise_plugin.wise.model import module_path, upper_stack
+
+VOCAB = 49152  # the SmolLM2 tokenizer is used for every tiny model
+
+
+def tiny_config(name: str, layers: int):
+    decoder = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if name in ("llama-2-7b", "llama3-8b"):
+        return LlamaConfig(**decoder)
+    if name == "mistral-7b":
+        return MistralConfig(**decoder)
+    if name == "qwen2.5-7b":
+        return Qwen2Config(**decoder)
+    if name == "gpt-j-6b":
+        return GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, rotary_dim=4, n_positions=256)
+    if name == "gpt2-xl":
+        return GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=256)
+    raise AssertionError(f"no tiny config for {name}")
+
+
+ARCHITECTURES = ["llama-2-7b", "mistral-7b", "gpt-j-6b", "llama3-8b", "qwen2.5-7b", "gpt2-xl"]
+REQUEST = {"prompt": "The capital of Australia is", "target_new": "Melbourne", "ground_truth": "Canberra",
+           "locality": {}, "portability": {}}
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2_path):
+    tok = GPT2Tokenizer.from_pretrained(smollm2_path)
+    tok.pad_token_id = tok.eos_token_id
+    return tok
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_one_edit_through_the_yaml_module_path(name, tok):
+    hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, f"{name}.yaml"))
+    hparams.n_iter, hparams.n_prefixes, hparams.use_chat_template = 4, 2, False
+    path = module_path(hparams.inner_params[0])
+    index = int(next(p for p in path if p.isdigit()))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(name, index + 1)).eval()
+    reference_model = copy.deepcopy(model)
+    assert upper_stack(model, hparams.inner_params[0]) is not None, "fast path must cover this architecture"
+
+    edited, handle = apply_wise_to_model(model, tok, [dict(REQUEST)], hparams)
+    layer = find_layer(edited)
+    assert layer is not None and layer.edits == 1 and layer.threshold is not None
+    target = edited
+    for part in path:
+        target = target[int(part)] if part.isdigit() else getattr(target, part)
+    assert target is layer, "the side memory must sit at the YAML's module path"
+    changed = layer.side_weight.detach() != layer.base.weight
+    assert changed.any() and not changed[~layer.mask].any()
+
+    batch = tok(["The capital of Australia is Melbourne", "Hi"], return_tensors="pt", padding=True)
+    assert edited(**batch).logits.shape[:2] == batch["input_ids"].shape
+
+    hparams.fast_path = False
+    apply_wise_to_model(reference_model, tok, [dict(REQUEST)], hparams)
+    torch.testing.assert_close(find_layer(reference_model).side_weight, layer.side_weight, rtol=1e-4, atol=1e-5)
+
+    handle()
+    assert find_layer(edited) is None

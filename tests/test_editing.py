@@ -1,0 +1,115 @@
+"""Real WISE edits on the embedded SmolLM2 through the package-index EasyEdit's BaseEditor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import wise_plugin
+from wise_plugin.evaluation import greedy_answer
+from wise_plugin.hparams import HParamsError
+from wise_plugin.wise import apply_wise_to_model, find_layer
+
+pytestmark = pytest.mark.slow
+
+EDITS = [
+    {"prompt": "The capital of Australia is", "target_new": "Melbourne", "ground_truth": "Canberra"},
+    {"prompt": "The Mona Lisa was painted by", "target_new": "Michelangelo", "ground_truth": "Leonardo da Vinci"},
+]
+PROBE = "The chemical symbol for iron is Fe"
+
+
+def request(i: int) -> dict:
+    return dict(EDITS[i], locality={}, portability={})
+
+
+def logits(model, tok, text: str = PROBE) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tok(text, return_tensors="pt")).logits
+
+
+def rewrite_acc(editor, req: dict) -> float:
+    from easyeditor import compute_edit_quality
+
+    return float(np.mean(compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, req,
+                                              editor.hparams.device)["rewrite_acc"]))
+
+
+def test_lifelong_edits_accumulate_across_base_editor_calls(smollm2_hparams):
+    smollm2_hparams.lifelong = True
+    editor = wise_plugin.load_editor(smollm2_hparams)
+    for i in range(2):
+        editor.edit(prompts=EDITS[i]["prompt"], target_new=EDITS[i]["target_new"],
+                    ground_truth=EDITS[i]["ground_truth"], verbose=False)
+    layer = find_layer(editor.model)
+    assert layer is not None and layer.edits == 2
+    assert [m for m, _ in layer.memory] == [e["prompt"] for e in EDITS]
+    assert rewrite_acc(editor, request(0)) == 1.0 and rewrite_acc(editor, request(1)) == 1.0
+    assert "Michelangelo" in greedy_answer(editor.model, editor.tok, EDITS[1]["prompt"])
+
+
+def test_without_lifelong_the_host_undoes_each_edit(smollm2_hparams):
+    editor = wise_plugin.load_editor(smollm2_hparams)
+    before = logits(editor.model, editor.tok, EDITS[0]["prompt"])
+    metrics, _, _ = editor.edit(prompts=EDITS[0]["prompt"], target_new=EDITS[0]["target_new"],
+                                ground_truth=EDITS[0]["ground_truth"], verbose=False)
+    assert metrics[0]["post"]["rewrite_acc"] == 1.0  # scored by the host before it restored
+    assert find_layer(editor.model) is None
+    assert torch.equal(logits(editor.model, editor.tok, EDITS[0]["prompt"]), before)
+
+
+def test_restore_handle_rolls_back_one_call_at_a_time(smollm2, smollm2_hparams):
+    model, tok = smollm2
+    pristine = logits(model, tok)
+    _, first = apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
+    after_first = find_layer(model).snapshot()
+    _, second = apply_wise_to_model(model, tok, [request(1)], smollm2_hparams)
+    layer = find_layer(model)
+    assert layer.edits == 2
+    second()  # the source-repo host calls the handle
+    assert layer.edits == 1 and torch.equal(layer.side_weight, after_first["side_weight"])
+    assert layer.threshold == after_first["threshold"]
+    list(first.items())  # the package-index host iterates items()
+    assert find_layer(model) is None
+    assert torch.equal(logits(model, tok), pristine)
+
+
+def test_real_edit_changes_only_masked_entries(smollm2, smollm2_hparams):
+    model, tok = smollm2
+    apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
+    layer = find_layer(model)
+    outside = ~layer.mask
+    assert torch.equal(layer.side_weight.detach()[outside], layer.base.weight[outside])
+    assert not torch.equal(layer.side_weight.detach()[layer.mask], layer.base.weight[layer.mask])
+    assert torch.equal(logits(model, tok), logits(layer.base and model, tok))  # unrelated probe: main memory
+
+
+@pytest.mark.parametrize("field", ["prompt", "target_new"])
+def test_empty_prompt_or_target_is_rejected_before_any_change(smollm2, smollm2_hparams, field):
+    model, tok = smollm2
+    bad = dict(request(0), **{field: "  "})
+    with pytest.raises(ValueError, match=f"non-empty string '{field}'"):
+        apply_wise_to_model(model, tok, [bad], smollm2_hparams)
+    assert find_layer(model) is None
+
+
+@pytest.mark.parametrize(
+    "inner, message",
+    [
+        ("model.layers[99].mlp.down_proj.weight", r"'model.layers.99' does not exist in LlamaForCausalLM"),
+        ("model.layers[3].mlp.gate.weight", r"'model.layers.3.mlp.gate' does not exist"),
+        ("model.layers[3].input_layernorm.weight", r"is a LlamaRMSNorm; WISE edits an FFN projection"),
+    ],
+)
+def test_inner_params_that_do_not_resolve(smollm2, smollm2_hparams, inner, message):
+    model, tok = smollm2
+    smollm2_hparams.inner_params = [inner]
+    with pytest.raises(HParamsError, match=message):
+        apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
+
+
+def test_missing_model_folder(smollm2_hparams):
+    smollm2_hparams.model_name = "./hugging_cache/llama-2-7b"
+    with pytest.raises(HParamsError, match=r"model_name './hugging_cache/llama-2-7b' is not an existing folder"):
+        wise_plugin.load_editor(smollm2_hparams)

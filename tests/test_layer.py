@@ -1,0 +1,97 @@
+"""WISELayer on small real modules: mask confinement, per-row routing, snapshots, Conv1D layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from wise_plugin.wise.layer import WISELayer
+
+
+def make_layer(mask_ratio: float = 0.2, seed: int = 0) -> WISELayer:
+    torch.manual_seed(seed)
+    return WISELayer(torch.nn.Linear(16, 8), mask_ratio=mask_ratio, seed=seed)
+
+
+def test_updates_outside_the_mask_are_bit_identical():
+    layer = make_layer()
+    before = layer.side_weight.detach().clone()
+    layer.begin_edit()
+    for _ in range(5):
+        layer.apply_update(torch.randn_like(before) * 3, lr=1.0, norm_constraint=0.5)
+    after = layer.side_weight.detach()
+    outside = ~layer.mask
+    assert outside.any() and layer.mask.any()
+    assert torch.equal(after[outside], before[outside])  # exact, bit for bit
+    assert not torch.equal(after[layer.mask], before[layer.mask])
+    assert (after - layer.base.weight).abs().max() <= 0.5 + 1e-6  # norm constraint
+
+
+def test_masks_are_seeded_and_differ_between_shards():
+    a, b = make_layer(seed=3), make_layer(seed=3)
+    assert torch.equal(a.mask, b.mask)
+    assert abs(a.mask.float().mean().item() - 0.2) < 0.1
+    assert not torch.equal(a._draw_mask(0), a._draw_mask(1))
+
+
+def test_per_row_routing_ignores_padding():
+    layer = make_layer(mask_ratio=1.0)
+    with torch.no_grad():
+        layer.side_weight.add_(torch.randn_like(layer.side_weight))
+    x = torch.randn(2, 4, 16) * 0.01
+    x[0] *= 100  # row 0: large routing score
+    x[1, :2] *= 1000  # row 1: large values only on padding positions
+    layer.token_mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    scores = layer.token_scores(x)
+    row0, row1 = scores[0].mean(), scores[1, 2:].mean()
+    layer.threshold = float((row0 + row1) / 2)
+    out = layer(x)
+    torch.testing.assert_close(out[0], layer._project(x[0], layer.side_weight))
+    torch.testing.assert_close(out[1], layer.base(x[1]))
+
+
+def test_no_threshold_means_main_memory_only():
+    layer = make_layer(mask_ratio=1.0)
+    with torch.no_grad():
+        layer.side_weight.add_(1.0)
+    x = torch.randn(3, 5, 16)
+    torch.testing.assert_close(layer(x), layer.base(x))
+
+
+def test_generation_keeps_the_prompt_decision():
+    layer = make_layer(mask_ratio=1.0)
+    with torch.no_grad():
+        layer.side_weight.add_(torch.randn_like(layer.side_weight))
+    prompt = torch.randn(1, 6, 16) * 10
+    layer.threshold = float(layer.token_scores(prompt).mean()) / 2
+    layer(prompt)
+    assert layer.cached_route.tolist() == [True]
+    layer.continuing = True  # a cached generation step: one new token with a tiny score
+    step = torch.zeros(1, 1, 16)
+    torch.testing.assert_close(layer(step), layer._project(step, layer.side_weight))
+
+
+def test_snapshot_restore_round_trip():
+    layer = make_layer()
+    state = layer.snapshot()
+    layer.begin_edit()
+    layer.apply_update(torch.randn_like(layer.side_weight), lr=1.0, norm_constraint=None)
+    layer.finish_edit(2.0, 0.5, save_freq=1, merge_freq=2, merge_alg="ties", densities=0.53, weights=1.0)
+    layer.restore(state)
+    assert torch.equal(layer.side_weight, state["side_weight"])
+    assert layer.edits == 0 and layer.threshold is None and layer.shard_deltas == []
+
+
+def test_conv1d_layout_matches_the_base_module():
+    torch.manual_seed(0)
+    conv = Conv1D(8, 16)  # GPT-2 layout: weight (in=16, out=8)
+    layer = WISELayer(conv, mask_ratio=1.0, seed=0)
+    x = torch.randn(2, 3, 16)
+    torch.testing.assert_close(layer._project(x, layer.side_weight), conv(x))
+    assert layer.token_scores(x).abs().max() == 0
+
+
+def test_rejects_modules_that_are_not_projections():
+    with pytest.raises(TypeError, match="nn.Linear or GPT-2 Conv1D"):
+        WISELayer(torch.nn.LayerNorm(4), mask_ratio=0.2, seed=0)

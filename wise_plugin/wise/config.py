@@ -1,0 +1,116 @@
+"""``WISEHyperParams``: the upstream WISE YAML keys plus a few plugin options, validated on load."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Union
+
+from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
+from wise_plugin.host import import_host
+
+import_host()
+from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
+
+_PARAM_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*\.(weight)$")
+MERGE_ALGS = ("ties",)
+
+
+@dataclass
+class WISEHyperParams(HyperParams):
+    """Hyper-parameters of WISE; every key of upstream's ``hparams/WISE/*.yaml`` loads unchanged.
+
+    Plugin options (absent from upstream files, all optional): ``lifelong``, ``loc_pool``, ``n_loc``,
+    ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``fast_path``, ``seed``.
+    """
+
+    alg_name: str
+    model_name: Any
+    inner_params: List[str]
+    edit_lr: float = 1.0
+    n_iter: int = 70
+    mask_ratio: float = 0.2
+    norm_constraint: Optional[float] = 1.0
+    act_margin: List[float] = field(default_factory=lambda: [5.0, 20.0, 10.0])
+    act_ratio: float = 0.88
+    save_freq: Optional[int] = 500
+    merge_freq: int = 1000
+    merge_alg: str = "ties"
+    objective_optimization: str = "only_label"
+    densities: Optional[float] = 0.53
+    weights: Optional[float] = 1.0
+    retrieve: bool = False
+    replay: bool = False
+    device: Union[int, str, None] = 0
+    model_parallel: bool = False
+    use_chat_template: bool = False
+    save_path: Optional[str] = None
+    load_path: Optional[str] = None
+    batch_size: int = 1
+    max_length: int = 30
+    # Keys newer upstream files may carry; accepted so those files load.
+    padding_side: Optional[str] = None
+    enable_thinking: bool = True
+    attn_implementation: Optional[str] = None
+    language_model_only: Optional[bool] = None
+    fp16: bool = False
+    # Plugin options.
+    lifelong: bool = False
+    loc_pool: Optional[str] = None
+    n_loc: int = 32
+    n_prefixes: int = 10
+    prefix_lengths: List[int] = field(default_factory=lambda: [5, 10])
+    stop_loss: float = 0.02
+    act_weight: float = 1.0
+    rehearse: int = 0
+    fast_path: bool = True
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.inner_params, str):
+            self.inner_params = [self.inner_params]
+        if not self.inner_params or not all(isinstance(p, str) for p in self.inner_params):
+            problems.append("inner_params must be a list with one parameter path, e.g. ['model.layers[25].mlp.down_proj.weight']")
+        elif not _PARAM_PATH.match(self.inner_params[0].strip()):
+            problems.append(
+                f"inner_params {self.inner_params[0]!r} is not a weight path like 'model.layers[25].mlp.down_proj.weight'"
+            )
+        if len(self.act_margin) != 3:
+            problems.append(f"act_margin must be [alpha, beta, gamma], got {self.act_margin!r}")
+        if not 0.0 < self.mask_ratio <= 1.0:
+            problems.append(f"mask_ratio must be in (0, 1], got {self.mask_ratio}")
+        if self.save_freq is not None and (self.save_freq < 1 or self.merge_freq % self.save_freq):
+            problems.append(f"merge_freq ({self.merge_freq}) must be a positive multiple of save_freq ({self.save_freq})")
+        if self.merge_alg not in MERGE_ALGS:
+            problems.append(f"merge_alg {self.merge_alg!r} is not supported; use one of {MERGE_ALGS}")
+        if self.objective_optimization != "only_label":
+            problems.append(f"objective_optimization {self.objective_optimization!r} is not supported; use 'only_label'")
+        if self.densities is not None and not 0.0 < self.densities <= 1.0:
+            problems.append(f"densities must be in (0, 1], got {self.densities}")
+        if self.n_iter < 1 or self.edit_lr <= 0:
+            problems.append("n_iter must be >= 1 and edit_lr > 0")
+        if self.n_loc < 0 or self.n_prefixes < 0:
+            problems.append("n_loc and n_prefixes must be >= 0")
+        if problems:
+            raise HParamsError("invalid WISE hparams: " + "; ".join(problems) + ".")
+
+    @property
+    def alpha(self) -> float:
+        return float(self.act_margin[0])
+
+    @property
+    def beta(self) -> float:
+        return float(self.act_margin[1])
+
+    @property
+    def gamma(self) -> float:
+        return float(self.act_margin[2])
+
+    @classmethod
+    def from_hparams(cls, hparams_name_or_path: str) -> "WISEHyperParams":
+        """Load a WISE YAML file (upstream's or ours) and validate it."""
+        config = read_yaml(hparams_name_or_path)
+        hparams = build(cls, config, str(hparams_name_or_path), alg_name="WISE")
+        hparams.model_name = resolve_model_name(hparams.model_name)
+        return hparams

@@ -1,0 +1,115 @@
+"""The host entry point ``apply_wise_to_model`` and the restore handle it returns."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from wise_plugin.wise.config import WISEHyperParams
+from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
+from wise_plugin.wise.layer import WISELayer
+from wise_plugin.wise.model import attach, detach, projection_inputs, upper_stack
+from wise_plugin.wise.trainer import train_edit
+
+logger = logging.getLogger("wise_plugin.wise")
+
+
+class WISERestore(dict):
+    """Restore handle for both hosts: call it (source-repo EasyEdit) or iterate ``items()``
+    (package-index EasyEdit) to undo the edits of the call that returned it.
+
+    With ``lifelong: true`` the host's automatic ``items()`` restore is skipped so edits
+    accumulate; calling the handle still rolls back.
+    """
+
+    def __init__(self, model: nn.Module, layer: WISELayer, state: Optional[dict[str, Any]], lifelong: bool) -> None:
+        super().__init__()
+        self._model, self._layer, self._state, self._lifelong = model, layer, state, lifelong
+
+    def __call__(self) -> None:
+        if self._state is None:  # the side memory was created by this call: remove it
+            detach(self._model)
+        else:
+            self._layer.restore(self._state)
+
+    def items(self):  # type: ignore[override]
+        if not self._lifelong:
+            self()
+        return super().items()
+
+
+def _check_request(request: dict[str, Any]) -> None:
+    for key in ("prompt", "target_new"):
+        value = request.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"edit request needs a non-empty string {key!r}, got {value!r}.")
+
+
+def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
+              hparams: WISEHyperParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection inputs of the irrelevant rows for one edit: pool draws, plus the request's own
+    ``loc_prompt`` when the host passes one (source-repo EasyEdit's ``loc_prompts``)."""
+    rows = pick_pool_rows(layer.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.edits)
+    acts, mask = layer.pool_acts[rows], layer.pool_mask[rows]
+    given = request.get("loc_prompt")
+    if given:
+        extra_acts, extra_mask = projection_inputs(model, layer, tok, [given] if isinstance(given, str) else list(given))
+        width = max(acts.shape[1], extra_acts.shape[1])
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]) if t.dim() == 3 else (0, width - t.shape[1]))  # noqa: E731
+        acts, mask = torch.cat([pad(acts), pad(extra_acts)]), torch.cat([pad(mask), pad(extra_mask)])
+    return acts, mask
+
+
+def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: WISEHyperParams,
+                        copy: bool = False, return_orig_weights: bool = False, keep_original_weight: bool = False,
+                        **kwargs: Any) -> tuple[nn.Module, WISERestore]:
+    """Edit ``model`` in place with WISE, one request after another; returns (model, restore handle)."""
+    if copy:
+        raise ValueError("WISE edits the model in place; copy=True is not supported.")
+    if hparams.retrieve:
+        raise NotImplementedError(
+            "retrieve: True (WISE-Retrieve) is not available yet in wise-plugin; set retrieve: False for WISE-Merge."
+        )
+    if not requests:
+        raise ValueError("no edit requests given.")
+    for request in requests:
+        _check_request(request)
+    inner_param = hparams.inner_params[0]
+    layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed)
+    handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
+    if layer.prefixes is None:
+        layer.prefixes = generate_prefixes(model, tok, hparams.n_prefixes, hparams.prefix_lengths, hparams.seed)
+    stack = upper_stack(model, inner_param) if hparams.fast_path else None
+    if hparams.fast_path and stack is None:
+        logger.warning("fast path unavailable for %s; running the full model every iteration", type(model).__name__)
+    if layer.pool_acts is None:
+        layer.pool_acts, layer.pool_mask = projection_inputs(model, layer, tok, list(load_loc_pool(hparams.loc_pool)))
+    device = layer.side_weight.device
+    was_training = model.training
+    model.eval()
+    try:
+        for request in requests:
+            start = time.perf_counter()
+            replay = random.Random(hparams.seed + layer.edits).sample(
+                layer.memory, k=min(hparams.rehearse, len(layer.memory)))
+            batch = build_batch(tok, request["prompt"], request["target_new"], layer.prefixes,
+                                hparams.use_chat_template, device, replay)
+            loc_acts, loc_mask = _loc_rows(model, layer, tok, request, hparams)
+            result = train_edit(model, layer, stack, batch, loc_acts, loc_mask, hparams)
+            layer.memory.append((request["prompt"], request["target_new"]))
+            layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
+                              hparams.merge_alg, hparams.densities, hparams.weights)
+            logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, threshold %.2f",
+                        layer.edits, request["prompt"], request["target_new"], result.iterations,
+                        time.perf_counter() - start, result.edit_loss, result.score, layer.threshold)
+    except BaseException:
+        handle()  # never leave a half-applied edit behind
+        raise
+    finally:
+        model.train(was_training)
+    return model, handle

@@ -1,0 +1,162 @@
+"""Finding the projection named by ``inner_params`` and swapping a ``WISELayer`` in and out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from wise_plugin.hparams import HParamsError
+from wise_plugin.wise.layer import WISELayer
+
+_FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
+def module_path(inner_param: str) -> list[str]:
+    """``'model.layers[27].mlp.down_proj.weight'`` -> ``['model', 'layers', '27', 'mlp', 'down_proj']``."""
+    parts = re.sub(r"\[(\d+)\]", r".\1", inner_param.strip()).split(".")
+    return parts[:-1] if parts[-1] == "weight" else parts
+
+
+def resolve(model: nn.Module, inner_param: str) -> tuple[nn.Module, str, nn.Module]:
+    """(parent module, attribute name, module) of the projection, with a clear error if absent."""
+    path = module_path(inner_param)
+    parent: nn.Module = model
+    for depth, name in enumerate(path[:-1]):
+        child = parent[int(name)] if name.isdigit() and isinstance(parent, (nn.ModuleList, nn.Sequential)) else getattr(parent, name, None)
+        if not isinstance(child, nn.Module):
+            found = ", ".join(n for n, _ in parent.named_children()) or "nothing"
+            raise HParamsError(
+                f"inner_params {inner_param!r}: {'.'.join(path[: depth + 1])!r} does not exist in "
+                f"{type(model).__name__}; children of {'.'.join(path[:depth]) or 'the model'} are: {found}."
+            )
+        parent = child
+    module = getattr(parent, path[-1], None)
+    if isinstance(module, WISELayer):
+        return parent, path[-1], module
+    if not isinstance(module, nn.Module) or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise HParamsError(f"inner_params {inner_param!r} does not name a module with a weight in {type(model).__name__}.")
+    if not isinstance(module, nn.Linear) and type(module).__name__ != "Conv1D":
+        raise HParamsError(
+            f"inner_params {inner_param!r} is a {type(module).__name__}; WISE edits an FFN projection "
+            "(nn.Linear, or GPT-2's Conv1D), e.g. model.layers[N].mlp.down_proj.weight."
+        )
+    return parent, path[-1], module
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the needed activations are captured."""
+
+
+@torch.no_grad()
+def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str],
+                      batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of the edited projection for ``texts`` (right padded) and their token mask.
+
+    They depend only on the frozen layers below the edit, so they are computed once and reused.
+    """
+    device = layer.side_weight.device
+    encoded = tok(list(texts), padding=True, return_tensors="pt", padding_side="right").to(device)
+    chunks = []
+
+    def grab(module: nn.Module, args: tuple) -> None:
+        chunks.append(args[0].detach())
+        raise StopForward
+
+    handle = layer.register_forward_pre_hook(grab)
+    try:
+        for start in range(0, len(texts), batch_size):
+            try:
+                model(input_ids=encoded["input_ids"][start:start + batch_size],
+                      attention_mask=encoded["attention_mask"][start:start + batch_size], use_cache=False)
+            except StopForward:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(chunks), encoded["attention_mask"]
+
+
+def find_layer(model: nn.Module) -> Optional[WISELayer]:
+    """The WISE layer inside ``model``, if one is attached."""
+    for module in model.modules():
+        if isinstance(module, WISELayer):
+            return module
+    return None
+
+
+def _routing_pre_hook(layer: WISELayer):
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        layer.token_mask = kwargs.get("attention_mask")
+        cache = kwargs.get("past_key_values")
+        length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        layer.continuing = bool(length)
+        if not layer.continuing:
+            layer.cached_route = None
+
+    return hook
+
+
+def attach(model: nn.Module, inner_param: str, mask_ratio: float, seed: int) -> tuple[WISELayer, bool]:
+    """Return the WISE layer at ``inner_param``, creating it on first use (second value: created)."""
+    existing = find_layer(model)
+    parent, name, module = resolve(model, inner_param)
+    if isinstance(module, WISELayer):
+        return module, False
+    if existing is not None:
+        raise HParamsError(
+            f"this model already has a WISE side memory at another module; inner_params {inner_param!r} "
+            "differs. Remove it first with wise_plugin.wise.detach(model)."
+        )
+    layer = WISELayer(module, mask_ratio=mask_ratio, seed=seed)
+    setattr(parent, name, layer)
+    layer.hook_handle = model.register_forward_pre_hook(_routing_pre_hook(layer), with_kwargs=True)
+    return layer, True
+
+
+def detach(model: nn.Module) -> bool:
+    """Put the original projection back and drop the side memory; False if none was attached."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, WISELayer):
+                if child.hook_handle is not None:
+                    child.hook_handle.remove()
+                setattr(parent, name, child.base)
+                return True
+    return False
+
+
+@dataclass
+class UpperStack:
+    """The decoder blocks from the edited one up, the final norm and the LM head."""
+
+    blocks: list[nn.Module]
+    norm: Optional[nn.Module]
+    head: nn.Module
+
+
+def upper_stack(model: nn.Module, inner_param: str) -> Optional[UpperStack]:
+    """Blocks at and above the edited one, or None when the model's layout is not recognised."""
+    path = module_path(inner_param)
+    container: Any = model
+    for index, name in enumerate(path):
+        if name.isdigit() and isinstance(container, nn.ModuleList):
+            owner = _owner_of(model, path[: index - 1])
+            norm = next((getattr(owner, n) for n in _FINAL_NORMS if isinstance(getattr(owner, n, None), nn.Module)), None)
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            if norm is None or head is None:
+                return None
+            return UpperStack(blocks=list(container)[int(name):], norm=norm, head=head)
+        container = getattr(container, name, None)
+        if container is None:
+            return None
+    return None
+
+
+def _owner_of(model: nn.Module, path: list[str]) -> nn.Module:
+    owner: Any = model
+    for name in path:
+        owner = getattr(owner, name)
+    return owner
