@@ -18,7 +18,9 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2Tokenizer, GPTJC
 from conftest import HPARAMS_DIR
 from wise_plugin import WISEHyperParams, apply_wise_to_model
 from wise_plugin.wise import find_layer
+from wise_plugin.wise.data import build_batch
 from wise_plugin.wise.model import module_path, upper_stack
+from wise_plugin.wise.trainer import _UpperForward
 
 VOCAB = 49152  # the SmolLM2 tokenizer is used for every tiny model
 
@@ -60,7 +62,8 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(name, index + 1)).eval()
     reference_model = copy.deepcopy(model)
-    assert upper_stack(model, hparams.inner_params[0]) is not None, "fast path must cover this architecture"
+    stack = upper_stack(model, hparams.inner_params[0])
+    assert stack is not None, "fast path must cover this architecture"
 
     edited, handle = apply_wise_to_model(model, tok, [dict(REQUEST)], hparams)
     layer = find_layer(edited)
@@ -74,6 +77,9 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
 
     batch = tok(["The capital of Australia is Melbourne", "Hi"], return_tensors="pt", padding=True)
     assert edited(**batch).logits.shape[:2] == batch["input_ids"].shape
+
+    batch_rows = build_batch(tok, REQUEST["prompt"], REQUEST["target_new"], [], False, torch.device("cpu"))
+    assert _UpperForward(edited, layer, stack, batch_rows).additive, "edited block must split as rest + projection"
 
     hparams.fast_path = False
     apply_wise_to_model(reference_model, tok, [dict(REQUEST)], hparams)

@@ -77,12 +77,13 @@ def test_restore_handle_rolls_back_one_call_at_a_time(smollm2, smollm2_hparams):
 
 def test_real_edit_changes_only_masked_entries(smollm2, smollm2_hparams):
     model, tok = smollm2
+    pristine = logits(model, tok)
     apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
     layer = find_layer(model)
     outside = ~layer.mask
     assert torch.equal(layer.side_weight.detach()[outside], layer.base.weight[outside])
     assert not torch.equal(layer.side_weight.detach()[layer.mask], layer.base.weight[layer.mask])
-    assert torch.equal(logits(model, tok), logits(layer.base and model, tok))  # unrelated probe: main memory
+    assert torch.equal(logits(model, tok), pristine)  # an unrelated probe is routed to the main memory
 
 
 @pytest.mark.parametrize("field", ["prompt", "target_new"])
@@ -113,3 +114,19 @@ def test_missing_model_folder(smollm2_hparams):
     smollm2_hparams.model_name = "./hugging_cache/llama-2-7b"
     with pytest.raises(HParamsError, match=r"model_name './hugging_cache/llama-2-7b' is not an existing folder"):
         wise_plugin.load_editor(smollm2_hparams)
+
+
+def test_request_loc_prompt_joins_the_pool_rows(smollm2, smollm2_hparams):
+    from wise_plugin.wise.main import _loc_rows
+    from wise_plugin.wise.model import projection_inputs
+
+    model, tok = smollm2
+    apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
+    layer = find_layer(model)
+    text = "nq question: who wrote the opera carmen Georges Bizet"
+    acts, mask = _loc_rows(model, layer, tok, dict(request(1), loc_prompt=text), smollm2_hparams)
+    assert acts.shape[0] == smollm2_hparams.n_loc + 1
+    own, own_mask = projection_inputs(model, layer, tok, [text])
+    length = int(own_mask.sum())
+    torch.testing.assert_close(acts[-1, :length], own[0, :length])
+    assert int(mask[-1].sum()) == length

@@ -117,3 +117,20 @@ def test_unknown_embedded_model(tmp_path):
     bad = UPSTREAM_LLAMA.replace('"./hugging_cache/llama-2-7b"', '"embedded:gpt-5"')
     with pytest.raises(HParamsError, match=r"unknown embedded model 'gpt-5'"):
         WISEHyperParams.from_hparams(write(tmp_path, bad))
+
+
+def test_loc_pool_reads_zsre_records_and_the_builtin_pool():
+    from conftest import ZSRE_TRAIN
+    from wise_plugin.wise.data import load_loc_pool
+
+    zsre = load_loc_pool(ZSRE_TRAIN)
+    assert len(zsre) == 200 and all(text.startswith("nq question:") for text in zsre)
+    builtin = load_loc_pool("builtin")
+    assert len(builtin) >= 200 and len(set(builtin)) == len(builtin)
+
+
+def test_loc_pool_missing_file():
+    from wise_plugin.wise.data import load_loc_pool
+
+    with pytest.raises(HParamsError, match=r"loc_pool file not found: 'nowhere.json'"):
+        load_loc_pool("nowhere.json")

@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from wise_plugin.host import import_host
 
@@ -77,12 +78,12 @@ def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]]) -> dict[s
     import_host()
     if not getattr(editor.hparams, "lifelong", False):
         raise ValueError("lifelong_evaluate needs hparams.lifelong = True, else the host undoes every edit.")
-    pre = [_score(editor.model, editor, r) for r in requests]
+    pre = [_score(editor.model, editor, r) for r in tqdm(requests, desc="scoring before edits", unit="edit")]
     start = time.perf_counter()
     edit_via_editor(editor, requests)
     edit_seconds = time.perf_counter() - start
     records = []
-    for request, before in zip(requests, pre):
+    for request, before in tqdm(list(zip(requests, pre)), desc="scoring after all edits", unit="edit"):
         after = _score(editor.model, editor, request)
         locality = {
             key: float(np.mean(np.equal(after["locality"][f"{key}_output"], before["locality"][f"{key}_output"])))

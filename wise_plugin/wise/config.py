@@ -63,6 +63,8 @@ class WISEHyperParams(HyperParams):
     stop_loss: float = 0.02
     act_weight: float = 1.0
     rehearse: int = 0
+    optimizer: str = "sgd"
+    mean_free: bool = False
     fast_path: bool = True
     seed: int = 42
 
@@ -90,6 +92,8 @@ class WISEHyperParams(HyperParams):
             problems.append(f"densities must be in (0, 1], got {self.densities}")
         if self.n_iter < 1 or self.edit_lr <= 0:
             problems.append("n_iter must be >= 1 and edit_lr > 0")
+        if self.optimizer not in ("sgd", "adam"):
+            problems.append(f"optimizer {self.optimizer!r} is not supported; use 'sgd' (the paper's) or 'adam'")
         if self.n_loc < 0 or self.n_prefixes < 0:
             problems.append("n_loc and n_prefixes must be >= 0")
         if problems:

@@ -31,40 +31,104 @@ class EditResult:
     score: float  # routing score of the bare edit prompt after training
 
 
-class _UpperForward:
-    """Runs the edited block and those above it from a cached input of the edited block."""
+def _block_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
 
-    def __init__(self, model: nn.Module, stack: UpperStack, batch: EditBatch) -> None:
-        self.stack = stack
+
+class _UpperForward:
+    """Runs the model from the edited projection up, from activations cached once per edit.
+
+    The edited block's output is ``rest + projection(a)`` in pre-norm blocks (LLaMA, Mistral,
+    Qwen2, GPT-J, GPT-2): ``rest`` and the projection input ``a`` are frozen, so each iteration
+    only applies the side memory to ``a`` and runs the blocks above. The additivity is checked
+    once per edit with a perturbed side memory; where it does not hold the edited block is rerun
+    from its cached input instead.
+    """
+
+    def __init__(self, model: nn.Module, layer: WISELayer, stack: UpperStack, batch: EditBatch) -> None:
+        self.stack, self.layer = stack, layer
         captured: dict[str, Any] = {}
 
-        def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        def grab_block_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
             captured["args"], captured["kwargs"] = args, dict(kwargs)
+
+        def grab_projection(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            captured["a"], captured["proj"] = args[0].detach(), out.detach()
+
+        def grab_block_output(module: nn.Module, args: tuple, out: Any) -> None:
+            captured["out"] = _block_output(out).detach()
             raise StopForward
 
-        handle = stack.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+        block = stack.blocks[0]
+        handles = [block.register_forward_pre_hook(grab_block_input, with_kwargs=True),
+                   layer.register_forward_hook(grab_projection), block.register_forward_hook(grab_block_output)]
         try:
             with torch.no_grad():
                 model(**batch.model_inputs(), use_cache=False)
         except StopForward:
             pass
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         args, self.kwargs = captured["args"], captured["kwargs"]
         if args:
             self.hidden, self.rest = args[0].detach(), args[1:]
         else:
             self.hidden, self.rest = self.kwargs.pop("hidden_states").detach(), ()
+        self.a = captured["a"]
+        self.residual = captured["out"] - captured["proj"]
+        self.additive = self._check_additive(block)
+
+    @torch.no_grad()
+    def _check_additive(self, block: nn.Module) -> bool:
+        kept = self.layer.side_weight.detach().clone()
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        noise = torch.randn(kept.shape, generator=generator).to(kept) * kept.abs().mean().clamp(min=1e-3)
+        self.layer.side_weight.add_(noise)
+        self.layer.editing = True
+        try:
+            full = _block_output(block(self.hidden, *self.rest, **self.kwargs))
+            split = self.residual + self.layer._project(self.a, self.layer.side_weight)
+        finally:
+            self.layer.editing = False
+            self.layer.side_weight.copy_(kept)
+        scale = full.abs().max().clamp(min=1.0)
+        return bool(((full - split).abs().max() / scale) < 1e-4)
 
     def __call__(self, batch: EditBatch) -> torch.Tensor:
-        hidden = self.hidden
-        for block in self.stack.blocks:
-            out = block(hidden, *self.rest, **self.kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
+        if self.additive:
+            hidden = self.residual + self.layer(self.a)
+            blocks = self.stack.blocks[1:]
+        else:
+            hidden, blocks = self.hidden, self.stack.blocks
+        for block in blocks:
+            hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
         picked = hidden[batch.label_rows, batch.label_positions]
         if self.stack.norm is not None:
             picked = self.stack.norm(picked)
         return self.stack.head(picked)
+
+
+class _AdamStep:
+    """Adam's update direction (bias-corrected, no weight decay) for one edit; the caller masks it."""
+
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.betas, self.eps, self.count = betas, eps, 0
+        self.m: Optional[torch.Tensor] = None
+        self.v: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.float()
+        if self.m is None:
+            self.m, self.v = torch.zeros_like(grad), torch.zeros_like(grad)
+        self.count += 1
+        b1, b2 = self.betas
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.count)
+        v_hat = self.v / (1 - b2**self.count)
+        return m_hat / (v_hat.sqrt() + self.eps)
 
 
 def _reference_forward(model: nn.Module, batch: EditBatch) -> torch.Tensor:
@@ -99,10 +163,11 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     ``loc_acts``/``loc_mask`` are cached projection inputs of irrelevant texts: their routing
     scores need no forward pass, so many of them can constrain every step at little cost.
     """
-    forward = _UpperForward(model, stack, batch) if stack is not None else (lambda b: _reference_forward(model, b))
+    forward = _UpperForward(model, layer, stack, batch) if stack is not None else (lambda b: _reference_forward(model, b))
     frozen = [p for p in model.parameters() if p.requires_grad]  # no weight gradients for the base model
     for param in frozen:
         param.requires_grad_(False)
+    step = _AdamStep() if hparams.optimizer == "adam" else (lambda grad: grad)
     layer.begin_edit()
     layer.editing = True
     layer.side_weight.requires_grad_(True)
@@ -113,14 +178,17 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             ce = F.cross_entropy(logits.float(), batch.labels)
             s_edit = edit_scores(layer, batch)
             s_loc = _row_means(layer.token_scores(loc_acts), loc_mask)
-            globals()["_ce"] = ce.item()
             act = activation_loss(s_edit, s_loc, hparams.alpha, hparams.beta, hparams.gamma)
             edit_loss, act_loss = ce.item(), act.item()
-            if edit_loss < hparams.stop_loss and act_loss == 0.0:
-                break
+            separated = s_loc.numel() == 0 or hparams.act_ratio * s_edit.detach().min().item() > s_loc.detach().max().item()
+            if edit_loss < hparams.stop_loss and separated:
+                break  # target learned and this edit already routes apart from the irrelevant rows
             layer.side_weight.grad = None
             (ce + hparams.act_weight * act).backward()
-            layer.apply_update(layer.side_weight.grad, hparams.edit_lr, hparams.norm_constraint)
+            direction = step(layer.side_weight.grad)
+            if hparams.mean_free and layer.pool_mean is not None:
+                direction = layer.mean_free(direction, layer.pool_mean)
+            layer.apply_update(direction, hparams.edit_lr, hparams.norm_constraint)
         layer.side_weight.grad = None
         layer.side_weight.requires_grad_(False)
         with torch.no_grad():

@@ -1,0 +1,73 @@
+"""Lifelong ZsRE editing through EasyEdit's BaseEditor: T sequential edits, then all T scored.
+
+Example (the acceptance run of the first WISE issue):
+    .venv/bin/python examples/zsre_lifelong.py --n 10 --out results/zsre_t10
+
+Reads the edit set from ../shared/data (never copied into this repository), edits it with the
+given WISE hparams, scores every edit after the last one with EasyEdit's compute_edit_quality
+(locality against the unedited model), and writes <out>.json and <out>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+import wise_plugin
+from wise_plugin.evaluation import greedy_answer, lifelong_evaluate, zsre_requests
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "wise", "ZsRE", "zsre_mend_edit.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hparams", default=os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml"))
+    parser.add_argument("--data", default=DEFAULT_DATA, help="ZsRE edit file (WISE layout)")
+    parser.add_argument("--n", type=int, default=10, help="number of sequential edits T")
+    parser.add_argument("--start", type=int, default=0, help="index of the first record")
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "zsre_lifelong"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(args.seed)
+
+    hparams = wise_plugin.WISEHyperParams.from_hparams(args.hparams)
+    hparams.lifelong = True
+    editor = wise_plugin.load_editor(hparams)
+    requests = zsre_requests(args.data, args.n, args.start)
+    start = time.perf_counter()
+    result = lifelong_evaluate(editor, requests)
+    generations = [greedy_answer(editor.model, editor.tok, r["prompt"]) for r in requests]
+    hits = [r["target_new"].strip().lower() in g.lower() for r, g in zip(requests, generations)]
+    for record, generation, hit in zip(result["records"], generations, hits):
+        record.update(greedy=generation, greedy_hit=bool(hit))
+    result.update(
+        greedy_acc=float(np.mean(hits)), wall_seconds=time.perf_counter() - start, command=" ".join(sys.argv),
+        hparams=args.hparams, data=os.path.relpath(args.data, ROOT), start=args.start,
+        machine=f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}",
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=1)
+    summary = (
+        f"| T | rewrite_acc | rephrase_acc | locality | greedy contains target | s/edit |\n|---|---|---|---|---|---|\n"
+        f"| {result['n']} | {result['rewrite_acc']:.3f} | {result['rephrase_acc']:.3f} | {result['locality']:.3f} "
+        f"| {result['greedy_acc']:.3f} | {result['edit_seconds_per_edit']:.1f} |\n"
+    )
+    with open(args.out + ".md", "w", encoding="utf-8") as handle:
+        handle.write(f"# Lifelong ZsRE, WISE on SmolLM2-135M\n\nCommand: `{result['command']}`\n\n{summary}")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
