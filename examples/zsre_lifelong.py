@@ -37,12 +37,19 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="index of the first record")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "zsre_lifelong"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override an hparams value, e.g. --set act_ratio=0.9 (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
 
     hparams = wise_plugin.WISEHyperParams.from_hparams(args.hparams)
     hparams.lifelong = True
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(hparams, key):
+            parser.error(f"--set {item}: {key!r} is not a WISE hparams key")
+        setattr(hparams, key, json.loads(value))
     editor = wise_plugin.load_editor(hparams)
     requests = zsre_requests(args.data, args.n, args.start)
     start = time.perf_counter()
@@ -53,7 +60,7 @@ def main() -> None:
         record.update(greedy=generation, greedy_hit=bool(hit))
     result.update(
         greedy_acc=float(np.mean(hits)), wall_seconds=time.perf_counter() - start, command=" ".join(sys.argv),
-        hparams=args.hparams, data=os.path.relpath(args.data, ROOT), start=args.start,
+        hparams=args.hparams, overrides=args.set, data=os.path.relpath(args.data, ROOT), start=args.start,
         machine=f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}",
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -37,8 +38,7 @@ def test_an_existing_host_editor_stays_reachable_under_an_alias():
 
 def test_package_index_host_is_rewritten_for_cpu():
     assert host_flavour() == "pypi"
-    import easyeditor.evaluate.evaluate_utils as utils
-
+    utils = importlib.import_module("easyeditor.evaluate.evaluate_utils")  # attribute access is shadowed
     assert utils._wise_device(0) == "cpu"  # no CUDA on this machine
     assert _wise_device("cpu") == "cpu"
 

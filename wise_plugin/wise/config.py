@@ -20,8 +20,9 @@ MERGE_ALGS = ("ties",)
 class WISEHyperParams(HyperParams):
     """Hyper-parameters of WISE; every key of upstream's ``hparams/WISE/*.yaml`` loads unchanged.
 
-    Plugin options (absent from upstream files, all optional): ``lifelong``, ``loc_pool``, ``n_loc``,
-    ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``fast_path``, ``seed``.
+    Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
+    ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``,
+    ``act_weight``, ``rehearse``, ``optimizer``, ``fast_path``, ``seed`` (see README).
     """
 
     alg_name: str
@@ -64,7 +65,6 @@ class WISEHyperParams(HyperParams):
     act_weight: float = 1.0
     rehearse: int = 0
     optimizer: str = "sgd"
-    mean_free: bool = False
     fast_path: bool = True
     seed: int = 42
 
@@ -94,8 +94,8 @@ class WISEHyperParams(HyperParams):
             problems.append("n_iter must be >= 1 and edit_lr > 0")
         if self.optimizer not in ("sgd", "adam"):
             problems.append(f"optimizer {self.optimizer!r} is not supported; use 'sgd' (the paper's) or 'adam'")
-        if self.n_loc < 0 or self.n_prefixes < 0:
-            problems.append("n_loc and n_prefixes must be >= 0")
+        if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
+            problems.append("n_loc, n_prefixes and rehearse must be >= 0")
         if problems:
             raise HParamsError("invalid WISE hparams: " + "; ".join(problems) + ".")
 

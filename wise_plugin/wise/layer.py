@@ -48,7 +48,6 @@ class WISELayer(nn.Module):
         self.prefixes: Optional[list[str]] = None  # model-generated prompt prefixes, made once per model
         self.pool_acts: Optional[torch.Tensor] = None  # projection inputs of the irrelevant-text pool
         self.pool_mask: Optional[torch.Tensor] = None
-        self.pool_mean: Optional[torch.Tensor] = None  # mean projection input over the pool's tokens
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal
         # Routing context, refreshed by the model-level pre-hook before every forward.
         self.editing = False
@@ -105,17 +104,6 @@ class WISELayer(nn.Module):
     def begin_edit(self) -> None:
         if self.shard_start is None:
             self.shard_start = self.side_weight.detach().clone()
-
-    def mean_free(self, step: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """``step`` restricted to the mask, with each output row's masked part made orthogonal to
-        ``mean`` (the average projection input): then ``step`` leaves ``W' mean`` unchanged, so the
-        side memory does not respond to what all inputs share."""
-        in_dim = 0 if self.conv1d_layout else 1
-        shape = (-1, 1) if self.conv1d_layout else (1, -1)
-        masked_mean = self.mask * mean.to(step.dtype).reshape(shape)
-        masked = step * self.mask
-        coef = (masked * masked_mean).sum(in_dim, keepdim=True) / (masked_mean**2).sum(in_dim, keepdim=True).clamp(min=1e-12)
-        return masked - coef * masked_mean
 
     @torch.no_grad()
     def apply_update(self, grad: torch.Tensor, lr: float, norm_constraint: Optional[float]) -> None:

@@ -89,8 +89,6 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         logger.warning("fast path unavailable for %s; running the full model every iteration", type(model).__name__)
     if layer.pool_acts is None:
         layer.pool_acts, layer.pool_mask = projection_inputs(model, layer, tok, list(load_loc_pool(hparams.loc_pool)))
-        weights = layer.pool_mask.unsqueeze(-1).to(layer.pool_acts.dtype)
-        layer.pool_mean = (layer.pool_acts * weights).sum((0, 1)) / weights.sum()
     device = layer.side_weight.device
     was_training = model.training
     model.eval()

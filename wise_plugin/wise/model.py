@@ -21,24 +21,37 @@ def module_path(inner_param: str) -> list[str]:
     return parts[:-1] if parts[-1] == "weight" else parts
 
 
+def _child(parent: nn.Module, name: str) -> Optional[nn.Module]:
+    """``parent.name``, or ``parent[int(name)]`` for module lists; None when absent."""
+    if name.isdigit() and isinstance(parent, (nn.ModuleList, nn.Sequential)):
+        return parent[int(name)] if int(name) < len(parent) else None
+    child = getattr(parent, name, None)
+    return child if isinstance(child, nn.Module) else None
+
+
 def resolve(model: nn.Module, inner_param: str) -> tuple[nn.Module, str, nn.Module]:
     """(parent module, attribute name, module) of the projection, with a clear error if absent."""
     path = module_path(inner_param)
     parent: nn.Module = model
-    for depth, name in enumerate(path[:-1]):
-        child = parent[int(name)] if name.isdigit() and isinstance(parent, (nn.ModuleList, nn.Sequential)) else getattr(parent, name, None)
-        if not isinstance(child, nn.Module):
-            found = ", ".join(n for n, _ in parent.named_children()) or "nothing"
+    module: Optional[nn.Module] = model
+    for depth, name in enumerate(path):
+        module = _child(parent, name)
+        if module is None:
+            where = ".".join(path[:depth]) or "the model"
+            if isinstance(parent, (nn.ModuleList, nn.Sequential)):
+                found = f"indices 0..{len(parent) - 1}"
+            else:
+                found = ", ".join(n for n, _ in parent.named_children()) or "nothing"
             raise HParamsError(
                 f"inner_params {inner_param!r}: {'.'.join(path[: depth + 1])!r} does not exist in "
-                f"{type(model).__name__}; children of {'.'.join(path[:depth]) or 'the model'} are: {found}."
+                f"{type(model).__name__}; {where} has {found}."
             )
-        parent = child
-    module = getattr(parent, path[-1], None)
+        if depth < len(path) - 1:
+            parent = module
     if isinstance(module, WISELayer):
         return parent, path[-1], module
-    if not isinstance(module, nn.Module) or not isinstance(getattr(module, "weight", None), torch.Tensor):
-        raise HParamsError(f"inner_params {inner_param!r} does not name a module with a weight in {type(model).__name__}.")
+    if not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise HParamsError(f"inner_params {inner_param!r} names a {type(module).__name__} without a weight.")
     if not isinstance(module, nn.Linear) and type(module).__name__ != "Conv1D":
         raise HParamsError(
             f"inner_params {inner_param!r} is a {type(module).__name__}; WISE edits an FFN projection "

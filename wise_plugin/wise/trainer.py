@@ -185,10 +185,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
                 break  # target learned and this edit already routes apart from the irrelevant rows
             layer.side_weight.grad = None
             (ce + hparams.act_weight * act).backward()
-            direction = step(layer.side_weight.grad)
-            if hparams.mean_free and layer.pool_mean is not None:
-                direction = layer.mean_free(direction, layer.pool_mean)
-            layer.apply_update(direction, hparams.edit_lr, hparams.norm_constraint)
+            layer.apply_update(step(layer.side_weight.grad), hparams.edit_lr, hparams.norm_constraint)
         layer.side_weight.grad = None
         layer.side_weight.requires_grad_(False)
         with torch.no_grad():
