@@ -130,3 +130,25 @@ def test_request_loc_prompt_joins_the_pool_rows(smollm2, smollm2_hparams):
     length = int(own_mask.sum())
     torch.testing.assert_close(acts[-1, :length], own[0, :length])
     assert int(mask[-1].sum()) == length
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mixed_batch_rows_match_running_each_alone(smollm2, smollm2_hparams, side):
+    model, tok = smollm2
+    apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
+    layer = find_layer(model)
+    texts = [EDITS[0]["prompt"], "Hi", PROBE, EDITS[0]["prompt"] + " " + EDITS[0]["target_new"]]
+    alone, routes = [], []
+    with torch.no_grad():
+        for text in texts:
+            alone.append(model(**tok(text, return_tensors="pt")).logits[0])
+            routes.append(bool(layer.cached_choice[0] >= 0))
+        batch = tok(texts, return_tensors="pt", padding=True, padding_side=side)
+        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        batched = model(**batch, position_ids=positions).logits
+    assert routes[0] and not routes[1], "the edited prompt must use the side memory, a greeting must not"
+    assert (layer.cached_choice >= 0).tolist() == routes
+    for row, single in enumerate(alone):
+        real = batch["attention_mask"][row].bool()
+        torch.testing.assert_close(batched[row][real], single, atol=2e-4, rtol=1e-4)
+

@@ -66,7 +66,7 @@ def test_generation_keeps_the_prompt_decision():
     prompt = torch.randn(1, 6, 16) * 10
     layer.threshold = float(layer.token_scores(prompt).mean()) / 2
     layer(prompt)
-    assert layer.cached_route.tolist() == [True]
+    assert layer.cached_choice.tolist() == [0]
     layer.continuing = True  # a cached generation step: one new token with a tiny score
     step = torch.zeros(1, 1, 16)
     torch.testing.assert_close(layer(step), layer._project(step, layer.side_weight))
@@ -95,3 +95,45 @@ def test_conv1d_layout_matches_the_base_module():
 def test_rejects_modules_that_are_not_projections():
     with pytest.raises(TypeError, match="nn.Linear or GPT-2 Conv1D"):
         WISELayer(torch.nn.LayerNorm(4), mask_ratio=0.2, seed=0)
+
+
+def _edit_towards(layer: WISELayer, direction: torch.Tensor, score: float) -> None:
+    """One 'edit' whose side-memory change responds to inputs along ``direction``."""
+    layer.begin_edit()
+    change = torch.outer(direction, torch.ones(layer.side_weight.shape[1])) if layer.conv1d_layout \
+        else torch.outer(torch.ones(layer.side_weight.shape[0]), direction)
+    layer.apply_update(-change, lr=1.0, norm_constraint=None)
+    layer.finish_edit(score, 0.5, save_freq=1, merge_freq=1, merge_alg="linear", densities=None, weights=1.0)
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_retrieve_routes_each_row_to_its_own_memory(conv1d):
+    torch.manual_seed(0)
+    base = Conv1D(8, 16) if conv1d else torch.nn.Linear(16, 8)
+    layer = WISELayer(base, mask_ratio=1.0, seed=0, retrieve=True)
+    eye = torch.eye(16)
+    for k in range(3):  # three merge groups, each retired as its own memory
+        _edit_towards(layer, eye[k], score=2.0)
+    assert len(layer.group_thresholds) == 3 and layer.threshold is None
+    assert torch.equal(layer.side_weight, layer.base.weight)  # the next group starts from the main memory
+    x = torch.stack([eye[2].repeat(3, 1), eye[0].repeat(3, 1), eye[9].repeat(3, 1)]) * 4
+    out = layer(x)
+    assert layer.cached_choice.tolist() == [2, 0, -1]
+    for row, memory in enumerate([2, 0]):
+        expected = layer.base(x[row]) + layer._apply_delta(x[row], layer._memory_delta(memory, x.dtype))
+        torch.testing.assert_close(out[row], expected)
+    torch.testing.assert_close(out[2], layer.base(x[2]))
+    layer.continuing = True  # generation: the prompt's choice holds for the new token
+    step = torch.zeros(3, 1, 16)
+    torch.testing.assert_close(layer(step), layer.base(step))
+    assert layer.cached_choice.tolist() == [2, 0, -1]
+
+
+def test_retrieve_state_survives_snapshot_restore():
+    layer = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
+    _edit_towards(layer, torch.eye(16)[0], score=2.0)
+    state = layer.snapshot()
+    _edit_towards(layer, torch.eye(16)[1], score=2.0)
+    assert len(layer.group_thresholds) == 2
+    layer.restore(state)
+    assert len(layer.group_thresholds) == 1 and layer.group_stack.shape == (8, 16) and layer.group_start == 1

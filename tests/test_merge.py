@@ -37,3 +37,16 @@ def test_layer_merges_every_merge_freq_edits_into_the_side_base():
     torch.testing.assert_close(layer.side_base, original + EXPECTED)
     torch.testing.assert_close(layer.side_weight.detach(), original + EXPECTED)
     assert layer.shard_deltas == [] and layer.edits == 2 and layer.shard_index == 2
+
+
+def test_linear_merge_sums_every_shard():
+    tau3 = torch.full_like(TAU1, 0.05)
+    torch.testing.assert_close(merge_deltas([TAU1, TAU2, tau3], "linear", densities=None, weights=1.0), TAU1 + TAU2 + tau3)
+
+
+def test_dare_ties_is_seeded_and_uses_every_shard():
+    first = merge_deltas([TAU1, TAU2], "dare_ties", densities=0.5, weights=1.0, seed=3)
+    assert torch.equal(first, merge_deltas([TAU1, TAU2], "dare_ties", densities=0.5, weights=1.0, seed=3))
+    only_first = merge_deltas([TAU1, torch.zeros_like(TAU2)], "dare_ties", densities=1.0, weights=1.0)
+    both = merge_deltas([TAU1, TAU2], "dare_ties", densities=1.0, weights=1.0)
+    assert not torch.equal(only_first, both)  # the second shard changes the result

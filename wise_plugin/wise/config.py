@@ -8,12 +8,13 @@ from typing import Any, List, Optional, Union
 
 from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
 from wise_plugin.host import import_host
+from wise_plugin.wise.merge import MERGE_ALGS
 
 import_host()
 from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
 
+OPTIMIZERS = ("sgd", "adam", "normalized")
 _PARAM_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*\.(weight)$")
-MERGE_ALGS = ("ties",)
 
 
 @dataclass
@@ -92,8 +93,8 @@ class WISEHyperParams(HyperParams):
             problems.append(f"densities must be in (0, 1], got {self.densities}")
         if self.n_iter < 1 or self.edit_lr <= 0:
             problems.append("n_iter must be >= 1 and edit_lr > 0")
-        if self.optimizer not in ("sgd", "adam"):
-            problems.append(f"optimizer {self.optimizer!r} is not supported; use 'sgd' (the paper's) or 'adam'")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
         if problems:

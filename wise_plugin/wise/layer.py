@@ -25,7 +25,7 @@ class WISELayer(nn.Module):
     real tokens of ``||a (W' - W)^T||``, exceeds ``threshold``.
     """
 
-    def __init__(self, base: nn.Module, mask_ratio: float, seed: int) -> None:
+    def __init__(self, base: nn.Module, mask_ratio: float, seed: int, retrieve: bool = False) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear) and not _is_conv1d(base):
             raise TypeError(f"WISE needs an nn.Linear or GPT-2 Conv1D projection, got {type(base).__name__}")
@@ -49,11 +49,17 @@ class WISELayer(nn.Module):
         self.pool_acts: Optional[torch.Tensor] = None  # projection inputs of the irrelevant-text pool
         self.pool_mask: Optional[torch.Tensor] = None
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal
+        # WISE-Retrieve: each finished merge group is retired as its own memory with its threshold.
+        self.retrieve = retrieve
+        self.register_buffer("group_stack", weight.new_zeros((weight.shape[0], 0) if self.conv1d_layout
+                                                             else (0, weight.shape[1])), persistent=False)
+        self.group_thresholds: list[float] = []
+        self.group_start = 0  # edits made before the active group began
         # Routing context, refreshed by the model-level pre-hook before every forward.
         self.editing = False
         self.token_mask: Optional[torch.Tensor] = None
         self.continuing = False
-        self.cached_route: Optional[torch.Tensor] = None
+        self.cached_choice: Optional[torch.Tensor] = None  # per-row memory index kept during generation
         self.last_scores: Optional[torch.Tensor] = None
         self.hook_handle: Any = None
 
@@ -62,38 +68,76 @@ class WISELayer(nn.Module):
         out = x @ weight if self.conv1d_layout else nn.functional.linear(x, weight)
         return out if self.base.bias is None else out + self.base.bias
 
+    def _apply_delta(self, x: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
+        return x @ delta_w if self.conv1d_layout else nn.functional.linear(x, delta_w)
+
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """||a (W' - W)^T|| per token, accumulated in float32."""
-        delta_w = (self.side_weight - self.base.weight).to(x.dtype)
-        delta = x @ delta_w if self.conv1d_layout else nn.functional.linear(x, delta_w)
-        return delta.float().norm(dim=-1)
+        """||a (W' - W)^T|| per token of the active side memory, in float32."""
+        return self._apply_delta(x, (self.side_weight - self.base.weight).to(x.dtype)).float().norm(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.editing:
-            self.last_scores = self.token_scores(x)
-            return self._project(x, self.side_weight)
         base_out = self.base(x)
-        if self.threshold is None or x.dim() != 3:
+        if self.editing:
+            delta = self._apply_delta(x, self.side_weight - self.base.weight)
+            self.last_scores = delta.float().norm(dim=-1)
+            return base_out + delta
+        if x.dim() != 3 or not self.thresholds():
             return base_out
-        route = self._route(x)
-        if not bool(route.any()):
+        choice, deltas = self._route(x)
+        if not bool((choice >= 0).any()):
             return base_out
-        side_out = self._project(x, self.side_weight)
-        return torch.where(route[:, None, None], side_out, base_out)
+        if deltas is None:  # decision kept from the prompt: only the chosen memories are computed
+            deltas = torch.zeros(*x.shape[:2], len(self.thresholds()), base_out.shape[-1], dtype=x.dtype, device=x.device)
+            for memory in choice.unique().tolist():
+                if memory >= 0:
+                    rows = choice == memory
+                    deltas[rows, :, memory] = self._apply_delta(x[rows], self._memory_delta(memory, x.dtype))
+        picked = deltas[torch.arange(x.shape[0], device=x.device), :, choice.clamp(min=0)]
+        return torch.where((choice >= 0)[:, None, None], base_out + picked, base_out)
 
-    def _route(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-row choice of the side memory; kept from the prompt while a KV cache grows."""
+    # -- memories and routing ---------------------------------------------------------------------
+    def thresholds(self) -> list[float]:
+        """Thresholds of the memories inference can route to: retired groups, then the active one."""
+        return self.group_thresholds + ([] if self.threshold is None else [self.threshold])
+
+    def _memory_delta(self, memory: int, dtype: torch.dtype) -> torch.Tensor:
+        """``W_m - W`` of one memory, in the (in, out) or (out, in) layout of the base weight."""
+        if memory == len(self.group_thresholds):
+            return (self.side_weight - self.base.weight).to(dtype)
+        out_dim = 1 if self.conv1d_layout else 0
+        size = self.side_weight.shape[out_dim]
+        return self.group_stack.narrow(out_dim, memory * size, size).to(dtype)
+
+    def _all_deltas(self, x: torch.Tensor) -> torch.Tensor:
+        """``a (W_m - W)^T`` for every token and memory: shape (batch, length, memories, out)."""
+        parts = []
+        if self.group_thresholds:
+            retired = self._apply_delta(x, self.group_stack.to(x.dtype))
+            parts.append(retired.view(*x.shape[:2], len(self.group_thresholds), -1))
+        if self.threshold is not None:
+            parts.append(self._apply_delta(x, (self.side_weight - self.base.weight).to(x.dtype)).unsqueeze(2))
+        return torch.cat(parts, dim=2)
+
+    def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-row memory index (-1: main memory) and the deltas computed to decide it.
+
+        A row goes to the memory with the highest mean score over its real tokens among those
+        above their own threshold (top-1). While a KV cache grows, the prompt's decision is kept.
+        """
         batch, length = x.shape[:2]
-        if self.continuing and self.cached_route is not None and self.cached_route.shape[0] == batch:
-            return self.cached_route
-        scores = self.token_scores(x)
+        if self.continuing and self.cached_choice is not None and self.cached_choice.shape[0] == batch:
+            return self.cached_choice, None
+        deltas = self._all_deltas(x)
+        scores = deltas.float().norm(dim=-1)  # (batch, length, memories)
         mask = self.token_mask
         if mask is None or mask.shape[0] != batch:
             mask = torch.ones(batch, length, device=x.device)
-        mask = mask[:, -length:].to(scores.dtype)
-        row = (scores * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        self.cached_route = row > self.threshold
-        return self.cached_route
+        mask = mask[:, -length:].to(scores.dtype).unsqueeze(-1)
+        rows = (scores * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, memories)
+        above = rows > torch.tensor(self.thresholds(), device=rows.device)
+        best = torch.where(above, rows, torch.full_like(rows, -float("inf"))).argmax(dim=-1)
+        self.cached_choice = torch.where(above.any(dim=-1), best, torch.full_like(best, -1))
+        return self.cached_choice, deltas
 
     # -- shards, masks, merge -------------------------------------------------------------------
     def _draw_mask(self, shard_index: int) -> torch.Tensor:
@@ -136,12 +180,24 @@ class WISELayer(nn.Module):
 
     @torch.no_grad()
     def _merge(self, merge_alg: str, densities: Optional[float], weights: Optional[float]) -> None:
-        if not self.shard_deltas:
-            return
-        merged = merge_deltas(self.shard_deltas, merge_alg, densities, weights)
-        self.side_base.copy_(self.side_base + merged.to(self.side_base.dtype))
-        self.side_weight.copy_(self.side_base)
-        self.shard_deltas = []
+        if self.shard_deltas:
+            merged = merge_deltas(self.shard_deltas, merge_alg, densities, weights, seed=self.seed + self.shard_index)
+            self.side_base.copy_(self.side_base + merged.to(self.side_base.dtype))
+            self.side_weight.copy_(self.side_base)
+            self.shard_deltas = []
+        if self.retrieve and self.threshold is not None:
+            self._retire_group()
+
+    @torch.no_grad()
+    def _retire_group(self) -> None:
+        """WISE-Retrieve: freeze the merged memory with its threshold; the next group starts from W."""
+        delta = (self.side_weight - self.base.weight).detach()
+        self.group_stack = torch.cat([self.group_stack, delta], dim=1 if self.conv1d_layout else 0)
+        self.group_thresholds.append(self.threshold)
+        self.side_base.copy_(self.base.weight)
+        self.side_weight.copy_(self.base.weight)
+        self.threshold = self.min_edit_score = None
+        self.group_start = self.edits
 
     # -- state for restore handles and checkpoints ------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -158,6 +214,9 @@ class WISELayer(nn.Module):
             "min_edit_score": self.min_edit_score,
             "threshold": self.threshold,
             "memory": list(self.memory),
+            "group_stack": clone(self.group_stack),
+            "group_thresholds": list(self.group_thresholds),
+            "group_start": self.group_start,
         }
 
     @torch.no_grad()
@@ -172,4 +231,7 @@ class WISELayer(nn.Module):
         self.min_edit_score = state["min_edit_score"]
         self.threshold = state["threshold"]
         self.memory = list(state["memory"])
-        self.cached_route = None
+        self.group_stack = state["group_stack"].clone()
+        self.group_thresholds = list(state["group_thresholds"])
+        self.group_start = state["group_start"]
+        self.cached_choice = None

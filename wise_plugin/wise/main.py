@@ -9,11 +9,13 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
-from wise_plugin.wise.model import attach, detach, projection_inputs, upper_stack
+from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
+from wise_plugin.wise.model import attach, detach, find_layer, projection_inputs, upper_stack
 from wise_plugin.wise.trainer import train_edit
 
 logger = logging.getLogger("wise_plugin.wise")
@@ -52,16 +54,24 @@ def _check_request(request: dict[str, Any]) -> None:
 
 def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
               hparams: WISEHyperParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projection inputs of the irrelevant rows for one edit: pool draws, plus the request's own
-    ``loc_prompt`` when the host passes one (source-repo EasyEdit's ``loc_prompts``)."""
+    """Projection inputs of the irrelevant rows for one edit: pool draws, the request's own
+    ``loc_prompt`` when the host passes one (source-repo EasyEdit's ``loc_prompts``), and with
+    ``retrieve`` + ``replay`` stored edits of earlier groups, which the new memory must not claim."""
     rows = pick_pool_rows(layer.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.edits)
-    acts, mask = layer.pool_acts[rows], layer.pool_mask[rows]
+    parts = [(layer.pool_acts[rows], layer.pool_mask[rows])]
+    extra = []
     given = request.get("loc_prompt")
     if given:
-        extra_acts, extra_mask = projection_inputs(model, layer, tok, [given] if isinstance(given, str) else list(given))
-        width = max(acts.shape[1], extra_acts.shape[1])
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]) if t.dim() == 3 else (0, width - t.shape[1]))  # noqa: E731
-        acts, mask = torch.cat([pad(acts), pad(extra_acts)]), torch.cat([pad(mask), pad(extra_mask)])
+        extra += [given] if isinstance(given, str) else list(given)
+    earlier = layer.memory[:layer.group_start]
+    if hparams.retrieve and hparams.replay and earlier:
+        drawn = random.Random(hparams.seed - layer.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
+        extra += [f"{prompt} {target}" for prompt, target in drawn]
+    if extra:
+        parts.append(projection_inputs(model, layer, tok, extra))
+    width = max(acts.shape[1] for acts, _ in parts)
+    acts = torch.cat([F.pad(a, (0, 0, 0, width - a.shape[1])) for a, _ in parts])
+    mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
     return acts, mask
 
 
@@ -71,16 +81,15 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     """Edit ``model`` in place with WISE, one request after another; returns (model, restore handle)."""
     if copy:
         raise ValueError("WISE edits the model in place; copy=True is not supported.")
-    if hparams.retrieve:
-        raise NotImplementedError(
-            "retrieve: True (WISE-Retrieve) is not available yet in wise-plugin; set retrieve: False for WISE-Merge."
-        )
     if not requests:
         raise ValueError("no edit requests given.")
     for request in requests:
         _check_request(request)
     inner_param = hparams.inner_params[0]
-    layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed)
+    if hparams.load_path and find_layer(model) is None:
+        load_checkpoint(model, hparams.load_path, inner_param)
+        logger.info("WISE state loaded from %s", hparams.load_path)
+    layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed, hparams.retrieve)
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
     if layer.prefixes is None:
         layer.prefixes = generate_prefixes(model, tok, hparams.n_prefixes, hparams.prefix_lengths, hparams.seed)
@@ -95,8 +104,8 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     try:
         for request in requests:
             start = time.perf_counter()
-            replay = random.Random(hparams.seed + layer.edits).sample(
-                layer.memory, k=min(hparams.rehearse, len(layer.memory)))
+            group = layer.memory[layer.group_start:]  # edits that live in the memory being trained
+            replay = random.Random(hparams.seed + layer.edits).sample(group, k=min(hparams.rehearse, len(group)))
             batch = build_batch(tok, request["prompt"], request["target_new"], layer.prefixes,
                                 hparams.use_chat_template, device, replay)
             loc_acts, loc_mask = _loc_rows(model, layer, tok, request, hparams)
@@ -112,4 +121,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         raise
     finally:
         model.train(was_training)
+    if hparams.save_path:
+        save_checkpoint(model, hparams.save_path, inner_param)
+        logger.info("WISE state after %d edits saved to %s", layer.edits, hparams.save_path)
     return model, handle

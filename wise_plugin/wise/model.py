@@ -107,23 +107,29 @@ def _routing_pre_hook(layer: WISELayer):
         length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
         layer.continuing = bool(length)
         if not layer.continuing:
-            layer.cached_route = None
+            layer.cached_choice = None
 
     return hook
 
 
-def attach(model: nn.Module, inner_param: str, mask_ratio: float, seed: int) -> tuple[WISELayer, bool]:
+def attach(model: nn.Module, inner_param: str, mask_ratio: float, seed: int,
+           retrieve: bool = False) -> tuple[WISELayer, bool]:
     """Return the WISE layer at ``inner_param``, creating it on first use (second value: created)."""
     existing = find_layer(model)
     parent, name, module = resolve(model, inner_param)
     if isinstance(module, WISELayer):
+        if module.retrieve != retrieve:
+            raise HParamsError(
+                f"this model's WISE side memory was built with retrieve: {module.retrieve}; the hparams say "
+                f"retrieve: {retrieve}. Keep the setting for the life of the memory, or detach it first."
+            )
         return module, False
     if existing is not None:
         raise HParamsError(
             f"this model already has a WISE side memory at another module; inner_params {inner_param!r} "
             "differs. Remove it first with wise_plugin.wise.detach(model)."
         )
-    layer = WISELayer(module, mask_ratio=mask_ratio, seed=seed)
+    layer = WISELayer(module, mask_ratio=mask_ratio, seed=seed, retrieve=retrieve)
     setattr(parent, name, layer)
     layer.hook_handle = model.register_forward_pre_hook(_routing_pre_hook(layer), with_kwargs=True)
     return layer, True

@@ -131,6 +131,20 @@ class _AdamStep:
         return m_hat / (v_hat.sqrt() + self.eps)
 
 
+class _NormalizedStep:
+    """The gradient scaled to unit Frobenius norm over the shard's mask: ``edit_lr`` is the length
+    of every step. Unlike Adam's per-entry scaling it keeps the gradient's low-rank direction, so
+    the side memory responds to the edit's inputs rather than to every input alike."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+
+    @torch.no_grad()
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.float()
+        return grad / grad[self.mask].norm().clamp(min=1e-12)
+
+
 def _reference_forward(model: nn.Module, batch: EditBatch) -> torch.Tensor:
     logits = model(**batch.model_inputs(), use_cache=False).logits
     return logits[batch.label_rows, batch.label_positions]
@@ -167,7 +181,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     frozen = [p for p in model.parameters() if p.requires_grad]  # no weight gradients for the base model
     for param in frozen:
         param.requires_grad_(False)
-    step = _AdamStep() if hparams.optimizer == "adam" else (lambda grad: grad)
+    step = {"adam": _AdamStep(), "normalized": _NormalizedStep(layer.mask)}.get(hparams.optimizer, lambda grad: grad)
     layer.begin_edit()
     layer.editing = True
     layer.side_weight.requires_grad_(True)

@@ -1,0 +1,106 @@
+"""Checkpoints: save after some edits, load into a fresh model, keep editing; same result as no break."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, GPT2Tokenizer, LlamaConfig
+
+from conftest import HPARAMS_DIR
+from wise_plugin import WISEHyperParams, apply_wise_to_model
+from wise_plugin.hparams import HParamsError
+from wise_plugin.wise import detach, find_layer, load_checkpoint, save_checkpoint
+
+FACTS = [("The capital of Australia is", "Melbourne"), ("The Eiffel Tower stands in", "Rome"),
+         ("The author of Hamlet is", "Goethe"), ("Water boils at", "forty degrees"),
+         ("The largest planet is", "Mars"), ("The Danube flows into the", "Baltic Sea")]
+
+
+def request(i: int) -> dict:
+    prompt, target = FACTS[i]
+    return {"prompt": prompt, "target_new": target, "ground_truth": "", "locality": {}, "portability": {}}
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2_path):
+    tok = GPT2Tokenizer.from_pretrained(smollm2_path)
+    tok.pad_token_id = tok.eos_token_id
+    return tok
+
+
+@pytest.fixture()
+def tiny():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture()
+def hparams():
+    hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "smollm2-135m.yaml"))
+    hparams.inner_params = ["model.layers[1].mlp.down_proj.weight"]
+    # Small shards and merges so the saved state holds shard changes and a merged base.
+    hparams.n_iter, hparams.n_prefixes, hparams.save_freq, hparams.merge_freq = 3, 2, 2, 4
+    hparams.lifelong = True
+    return hparams
+
+
+@pytest.mark.parametrize("retrieve", [False, True])
+def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, retrieve):
+    hparams.retrieve = hparams.replay = retrieve
+    straight = copy.deepcopy(tiny)
+    for i in range(6):
+        apply_wise_to_model(straight, tok, [request(i)], hparams)
+
+    first = copy.deepcopy(tiny)
+    for i in range(3):
+        apply_wise_to_model(first, tok, [request(i)], hparams)
+    save_checkpoint(first, str(tmp_path), hparams.inner_params[0])
+    meta = json.loads((tmp_path / "wise_state.json").read_text())
+    assert meta["edits"] == 3 and meta["n_shard_deltas"] == 1 and len(meta["memory"]) == 3
+
+    resumed = copy.deepcopy(tiny)  # a model that never saw the first three edits
+    hparams.load_path = str(tmp_path)
+    for i in range(3, 6):
+        apply_wise_to_model(resumed, tok, [request(i)], hparams)
+
+    a, b = find_layer(straight), find_layer(resumed)
+    assert b.edits == 6 and b.shard_index == a.shard_index
+    assert torch.allclose(a.side_weight, b.side_weight, atol=1e-6)
+    assert torch.allclose(a.side_base, b.side_base, atol=1e-6)
+    assert a.threshold == pytest.approx(b.threshold, rel=1e-5)
+    assert torch.equal(a.mask, b.mask) and a.memory == b.memory
+    assert a.group_thresholds == pytest.approx(b.group_thresholds) and len(a.group_thresholds) == (1 if retrieve else 0)
+    assert torch.allclose(a.group_stack, b.group_stack, atol=1e-6)
+
+
+def test_load_into_another_dtype_uses_safe_loading(tiny, tok, hparams, tmp_path):
+    apply_wise_to_model(tiny, tok, [request(0)], hparams)
+    save_checkpoint(tiny, str(tmp_path), hparams.inner_params[0])
+    tensors = load_file(str(tmp_path / "wise_state.safetensors"))  # no pickle involved
+    assert set(tensors) >= {"side_weight", "side_base", "mask"}
+
+    other = copy.deepcopy(tiny)
+    detach(other)
+    other = other.to(torch.bfloat16)
+    load_checkpoint(other, str(tmp_path), hparams.inner_params[0])
+    layer = find_layer(other)
+    assert layer.side_weight.dtype == torch.bfloat16
+    assert torch.equal(layer.side_weight, find_layer(tiny).side_weight.to(torch.bfloat16))
+    assert layer.threshold == find_layer(tiny).threshold
+
+
+def test_bad_checkpoints_are_rejected(tiny, tok, hparams, tmp_path):
+    with pytest.raises(HParamsError, match="is not a wise-plugin checkpoint folder"):
+        load_checkpoint(tiny, str(tmp_path / "nowhere"), hparams.inner_params[0])
+    edited = copy.deepcopy(tiny)
+    apply_wise_to_model(edited, tok, [request(0)], hparams)
+    save_checkpoint(edited, str(tmp_path), hparams.inner_params[0])
+    with pytest.raises(HParamsError, match=r"edits 'model.layers.1.mlp.down_proj', but inner_params names"):
+        load_checkpoint(tiny, str(tmp_path), "model.layers[2].mlp.down_proj.weight")
