@@ -87,3 +87,20 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
 
     handle()
     assert find_layer(edited) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_keeps_its_dtype(tok, dtype):
+    hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "llama-2-7b.yaml"))
+    hparams.inner_params = ["model.layers[1].mlp.down_proj.weight"]
+    hparams.n_iter, hparams.n_prefixes, hparams.use_chat_template = 4, 2, False
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama-2-7b", 2)).eval().to(dtype)
+    edited, _ = apply_wise_to_model(model, tok, [dict(REQUEST)], hparams)
+    layer = find_layer(edited)
+    assert layer.side_weight.dtype == dtype and layer.side_base.dtype == dtype
+    assert layer.threshold is not None and torch.isfinite(torch.tensor(layer.threshold))
+    changed = layer.side_weight.detach() != layer.base.weight
+    assert changed.any() and not changed[~layer.mask].any()
+    batch = tok(["The capital of Australia is Melbourne", "Hi"], return_tensors="pt", padding=True)
+    assert edited(**batch).logits.dtype == dtype

@@ -13,7 +13,7 @@ from wise_plugin.wise.merge import MERGE_ALGS
 import_host()
 from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
 
-OPTIMIZERS = ("sgd", "adam", "normalized")
+OPTIMIZERS = ("sgd", "adam")
 _PARAM_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*\.(weight)$")
 
 

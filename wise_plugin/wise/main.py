@@ -15,7 +15,7 @@ from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
-from wise_plugin.wise.model import attach, detach, find_layer, projection_inputs, upper_stack
+from wise_plugin.wise.model import attach, detach, find_layer, input_device, projection_inputs, upper_stack
 from wise_plugin.wise.trainer import train_edit
 
 logger = logging.getLogger("wise_plugin.wise")
@@ -98,7 +98,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         logger.warning("fast path unavailable for %s; running the full model every iteration", type(model).__name__)
     if layer.pool_acts is None:
         layer.pool_acts, layer.pool_mask = projection_inputs(model, layer, tok, list(load_loc_pool(hparams.loc_pool)))
-    device = layer.side_weight.device
+    device = input_device(model)
     was_training = model.training
     model.eval()
     try:

@@ -71,7 +71,7 @@ def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[
 
     They depend only on the frozen layers below the edit, so they are computed once and reused.
     """
-    device = layer.side_weight.device
+    device = input_device(model)
     encoded = tok(list(texts), padding=True, return_tensors="pt", padding_side="right").to(device)
     chunks = []
 
@@ -89,7 +89,13 @@ def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[
                 pass
     finally:
         handle.remove()
-    return torch.cat(chunks), encoded["attention_mask"]
+    return torch.cat(chunks), encoded["attention_mask"].to(chunks[0].device)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where token ids go: the embedding's device (the first one under ``device_map`` placement)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return embeddings.weight.device if embeddings is not None else next(model.parameters()).device
 
 
 def find_layer(model: nn.Module) -> Optional[WISELayer]:

@@ -131,27 +131,13 @@ class _AdamStep:
         return m_hat / (v_hat.sqrt() + self.eps)
 
 
-class _NormalizedStep:
-    """The gradient scaled to unit Frobenius norm over the shard's mask: ``edit_lr`` is the length
-    of every step. Unlike Adam's per-entry scaling it keeps the gradient's low-rank direction, so
-    the side memory responds to the edit's inputs rather than to every input alike."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        self.mask = mask
-
-    @torch.no_grad()
-    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.float()
-        return grad / grad[self.mask].norm().clamp(min=1e-12)
-
-
 def _reference_forward(model: nn.Module, batch: EditBatch) -> torch.Tensor:
     logits = model(**batch.model_inputs(), use_cache=False).logits
     return logits[batch.label_rows, batch.label_positions]
 
 
 def _row_means(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(scores.dtype)
+    mask = mask.to(device=scores.device, dtype=scores.dtype)
     return (scores * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
@@ -181,7 +167,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     frozen = [p for p in model.parameters() if p.requires_grad]  # no weight gradients for the base model
     for param in frozen:
         param.requires_grad_(False)
-    step = {"adam": _AdamStep(), "normalized": _NormalizedStep(layer.mask)}.get(hparams.optimizer, lambda grad: grad)
+    step = _AdamStep() if hparams.optimizer == "adam" else (lambda grad: grad)
     layer.begin_edit()
     layer.editing = True
     layer.side_weight.requires_grad_(True)
@@ -189,16 +175,16 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     try:
         for iterations in range(1, hparams.n_iter + 1):
             logits = forward(batch)
-            ce = F.cross_entropy(logits.float(), batch.labels)
+            ce = F.cross_entropy(logits.float(), batch.labels.to(logits.device))
             s_edit = edit_scores(layer, batch)
             s_loc = _row_means(layer.token_scores(loc_acts), loc_mask)
-            act = activation_loss(s_edit, s_loc, hparams.alpha, hparams.beta, hparams.gamma)
+            act = activation_loss(s_edit, s_loc.to(s_edit.device), hparams.alpha, hparams.beta, hparams.gamma)
             edit_loss, act_loss = ce.item(), act.item()
             separated = s_loc.numel() == 0 or hparams.act_ratio * s_edit.detach().min().item() > s_loc.detach().max().item()
             if edit_loss < hparams.stop_loss and separated:
                 break  # target learned and this edit already routes apart from the irrelevant rows
             layer.side_weight.grad = None
-            (ce + hparams.act_weight * act).backward()
+            (ce + hparams.act_weight * act.to(ce.device)).backward()
             layer.apply_update(step(layer.side_weight.grad), hparams.edit_lr, hparams.norm_constraint)
         layer.side_weight.grad = None
         layer.side_weight.requires_grad_(False)
