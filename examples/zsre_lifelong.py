@@ -2,6 +2,9 @@
 
 Example (the acceptance run of the first WISE issue):
     .venv/bin/python examples/zsre_lifelong.py --n 10 --out results/zsre_t10
+Resuming from a checkpoint (edit 50, save, then edit the next 50 in a new process, score all 100):
+    .venv/bin/python examples/zsre_lifelong.py --n 50 --save results/ckpt50 --out results/first50
+    .venv/bin/python examples/zsre_lifelong.py --n 100 --load results/ckpt50 --edited-before 50 --out results/resumed
 
 Reads the edit set from ../shared/data (never copied into this repository), edits it with the
 given WISE hparams, scores every edit after the last one with EasyEdit's compute_edit_quality
@@ -37,6 +40,10 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="index of the first record")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "zsre_lifelong"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", help="write the WISE checkpoint to this folder after editing")
+    parser.add_argument("--load", help="load a WISE checkpoint folder before the first edit")
+    parser.add_argument("--edited-before", type=int, default=0,
+                        help="the first K records are already in the --load checkpoint: edit only the rest")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override an hparams value, e.g. --set act_ratio=0.9 (repeatable)")
     args = parser.parse_args()
@@ -50,10 +57,13 @@ def main() -> None:
         if not hasattr(hparams, key):
             parser.error(f"--set {item}: {key!r} is not a WISE hparams key")
         setattr(hparams, key, json.loads(value))
+    if args.edited_before and not args.load:
+        parser.error("--edited-before needs --load (the checkpoint that holds those edits)")
+    hparams.save_path, hparams.load_path = args.save, args.load
     editor = wise_plugin.load_editor(hparams)
     requests = zsre_requests(args.data, args.n, args.start)
     start = time.perf_counter()
-    result = lifelong_evaluate(editor, requests)
+    result = lifelong_evaluate(editor, requests, edited_before=args.edited_before)
     generations = [greedy_answer(editor.model, editor.tok, r["prompt"]) for r in requests]
     hits = [r["target_new"].strip().lower() in g.lower() for r, g in zip(requests, generations)]
     for record, generation, hit in zip(result["records"], generations, hits):

@@ -69,10 +69,12 @@ def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
     )
 
 
-def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]], edited_before: int = 0) -> dict[str, Any]:
     """Score ``requests`` before, edit them all through ``editor``, then score all of them again.
 
-    ``editor.hparams.lifelong`` must be true so the host does not undo each edit. Returns the means
+    ``editor.hparams.lifelong`` must be true so the host does not undo each edit. With
+    ``edited_before = k`` the first k requests are already in a checkpoint that the first edit
+    call loads (``hparams.load_path``): only the rest are edited, all are scored. Returns the means
     (rewrite_acc, rephrase_acc, locality), per-request records and timings.
     """
     import_host()
@@ -80,7 +82,9 @@ def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]]) -> dict[s
         raise ValueError("lifelong_evaluate needs hparams.lifelong = True, else the host undoes every edit.")
     pre = [_score(editor.model, editor, r) for r in tqdm(requests, desc="scoring before edits", unit="edit")]
     start = time.perf_counter()
-    edit_via_editor(editor, requests)
+    if not 0 <= edited_before < len(requests):
+        raise ValueError(f"edited_before must be in [0, {len(requests)}), got {edited_before}.")
+    edit_via_editor(editor, requests[edited_before:])
     edit_seconds = time.perf_counter() - start
     records = []
     for request, before in tqdm(list(zip(requests, pre)), desc="scoring after all edits", unit="edit"):
@@ -103,7 +107,7 @@ def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]]) -> dict[s
         "rewrite_acc": mean("rewrite_acc"),
         "rephrase_acc": mean("rephrase_acc"),
         "locality": mean("locality"),
-        "edit_seconds_per_edit": edit_seconds / max(len(records), 1),
+        "edit_seconds_per_edit": edit_seconds / (len(records) - edited_before),
         "records": records,
     }
 
