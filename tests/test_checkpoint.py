@@ -53,7 +53,7 @@ def hparams():
 
 @pytest.mark.parametrize("retrieve", [False, True])
 def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, retrieve):
-    hparams.retrieve = hparams.replay = retrieve
+    hparams.retrieve = hparams.replay = hparams.refresh_threshold = retrieve
     straight = copy.deepcopy(tiny)
     for i in range(6):
         apply_wise_to_model(straight, tok, [request(i)], hparams)

@@ -36,6 +36,9 @@ def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
         tensors["shard_start"] = state["shard_start"]
     if state["group_thresholds"]:
         tensors["group_stack"] = state["group_stack"]
+    for index, (acts, row_mask, prompt_mask) in enumerate(state["probes"]):
+        tensors.update({f"probe.{index}.acts": acts, f"probe.{index}.row_mask": row_mask,
+                        f"probe.{index}.prompt_mask": prompt_mask})
     for index, delta in enumerate(state["shard_deltas"]):
         tensors[f"shard_delta.{index}"] = delta
     meta = {
@@ -43,6 +46,7 @@ def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
         "shape": list(layer.side_weight.shape), "dtype": str(layer.side_weight.dtype).removeprefix("torch."),
         "mask_ratio": layer.mask_ratio, "seed": layer.seed, "edits": state["edits"],
         "shard_index": state["shard_index"], "n_shard_deltas": len(state["shard_deltas"]),
+        "n_probes": len(state["probes"]),
         "min_edit_score": state["min_edit_score"], "threshold": state["threshold"],
         "retrieve": layer.retrieve, "group_thresholds": state["group_thresholds"],
         "group_start": state["group_start"], "prefixes": layer.prefixes, "memory": [list(item) for item in state["memory"]],
@@ -84,4 +88,6 @@ def load_checkpoint(model: nn.Module, path: str, inner_param: str) -> None:
         "memory": [tuple(item) for item in meta["memory"]],
         "group_stack": cast("group_stack") if "group_stack" in tensors else layer.group_stack.narrow(1 if layer.conv1d_layout else 0, 0, 0),
         "group_thresholds": meta["group_thresholds"], "group_start": meta["group_start"],
+        "probes": [(cast(f"probe.{i}.acts"), tensors[f"probe.{i}.row_mask"].to(device),
+                    tensors[f"probe.{i}.prompt_mask"].to(device)) for i in range(meta["n_probes"])],
     })

@@ -23,7 +23,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``,
-    ``act_weight``, ``rehearse``, ``optimizer``, ``fast_path``, ``seed`` (see README).
+    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``fast_path``, ``seed`` (see README).
     """
 
     alg_name: str
@@ -66,6 +66,7 @@ class WISEHyperParams(HyperParams):
     act_weight: float = 1.0
     rehearse: int = 0
     optimizer: str = "sgd"
+    refresh_threshold: bool = False
     fast_path: bool = True
     seed: int = 42
 

@@ -61,6 +61,8 @@ class WISELayer(nn.Module):
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None  # per-row memory index kept during generation
         self.last_scores: Optional[torch.Tensor] = None
+        self.last_inputs: Optional[torch.Tensor] = None
+        self.probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # bare rows of the group's edits
         self.hook_handle: Any = None
 
     # -- projection -----------------------------------------------------------------------------
@@ -79,7 +81,7 @@ class WISELayer(nn.Module):
         base_out = self.base(x)
         if self.editing:
             delta = self._apply_delta(x, self.side_weight - self.base.weight)
-            self.last_scores = delta.float().norm(dim=-1)
+            self.last_inputs, self.last_scores = x, delta.float().norm(dim=-1)
             return base_out + delta
         if x.dim() != 3 or not self.thresholds():
             return base_out
@@ -139,6 +141,17 @@ class WISELayer(nn.Module):
         self.cached_choice = torch.where(above.any(dim=-1), best, torch.full_like(best, -1))
         return self.cached_choice, deltas
 
+    @torch.no_grad()
+    def probe_scores(self) -> float:
+        """Smallest current routing score over the stored bare rows (whole row and prompt only)."""
+        lowest = float("inf")
+        for acts, row_mask, prompt_mask in self.probes:
+            scores = self.token_scores(acts.unsqueeze(0))[0]
+            for mask in (row_mask, prompt_mask):
+                mask = mask.to(device=scores.device, dtype=scores.dtype)
+                lowest = min(lowest, float((scores * mask).sum() / mask.sum().clamp(min=1.0)))
+        return lowest
+
     # -- shards, masks, merge -------------------------------------------------------------------
     def _draw_mask(self, shard_index: int) -> torch.Tensor:
         generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + shard_index)
@@ -160,9 +173,20 @@ class WISELayer(nn.Module):
         self.side_weight.copy_(torch.where(self.mask, stepped, self.side_weight))
 
     def finish_edit(self, score: float, act_ratio: float, save_freq: Optional[int], merge_freq: int,
-                    merge_alg: str, densities: Optional[float], weights: Optional[float]) -> None:
-        """Book-keeping after one edit: threshold, shard save and merge."""
-        self.min_edit_score = score if self.min_edit_score is None else min(self.min_edit_score, score)
+                    merge_alg: str, densities: Optional[float], weights: Optional[float],
+                    probe: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> None:
+        """Book-keeping after one edit: threshold, shard save and merge.
+
+        With a ``probe`` (the edit's bare row) the threshold is refreshed from the current scores
+        of every edit of the group: later edits move the side memory, so scores taken when each
+        edit finished go stale.
+        """
+        if probe is not None:
+            self.probes.append(probe)
+            score = min(score, self.probe_scores())
+            self.min_edit_score = score
+        else:
+            self.min_edit_score = score if self.min_edit_score is None else min(self.min_edit_score, score)
         self.threshold = act_ratio * self.min_edit_score
         self.edits += 1
         if save_freq is not None and self.edits % save_freq == 0:
@@ -198,6 +222,7 @@ class WISELayer(nn.Module):
         self.side_weight.copy_(self.base.weight)
         self.threshold = self.min_edit_score = None
         self.group_start = self.edits
+        self.probes = []
 
     # -- state for restore handles and checkpoints ------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -217,6 +242,7 @@ class WISELayer(nn.Module):
             "group_stack": clone(self.group_stack),
             "group_thresholds": list(self.group_thresholds),
             "group_start": self.group_start,
+            "probes": list(self.probes),
         }
 
     @torch.no_grad()
@@ -234,4 +260,5 @@ class WISELayer(nn.Module):
         self.group_stack = state["group_stack"].clone()
         self.group_thresholds = list(state["group_thresholds"])
         self.group_start = state["group_start"]
+        self.probes = list(state.get("probes", []))
         self.cached_choice = None

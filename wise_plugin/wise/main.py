@@ -112,7 +112,8 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
             result = train_edit(model, layer, stack, batch, loc_acts, loc_mask, hparams)
             layer.memory.append((request["prompt"], request["target_new"]))
             layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
-                              hparams.merge_alg, hparams.densities, hparams.weights)
+                              hparams.merge_alg, hparams.densities, hparams.weights,
+                              result.probe if hparams.refresh_threshold else None)
             logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, threshold %.2f",
                         layer.edits, request["prompt"], request["target_new"], result.iterations,
                         time.perf_counter() - start, result.edit_loss, result.score, layer.threshold)

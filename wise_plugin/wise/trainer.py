@@ -29,6 +29,7 @@ class EditResult:
     edit_loss: float
     act_loss: float
     score: float  # routing score of the bare edit prompt after training
+    probe: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # its projection inputs, row and prompt masks
 
 
 def _block_output(out: Any) -> torch.Tensor:
@@ -193,12 +194,15 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             s_edit = edit_scores(layer, batch)
         n = batch.input_ids.shape[0]
         score = float(torch.minimum(s_edit[0], s_edit[n]))  # bare prompt: full row and prompt only
+        real = batch.attention_mask[0].bool()
+        probe = (layer.last_inputs[0][real.to(layer.last_inputs.device)].detach().clone(),
+                 batch.edit_mask[0][real], batch.prompt_mask[0][real])
     finally:
         for param in frozen:
             param.requires_grad_(True)
         layer.editing = False
         layer.side_weight.requires_grad_(False)
-        layer.last_scores = None
+        layer.last_scores = layer.last_inputs = None
     logger.debug("edit trained in %d iterations: edit loss %.4f, act loss %.4f, score %.3f",
                  iterations, edit_loss, act_loss, score)
-    return EditResult(iterations, edit_loss, act_loss, score)
+    return EditResult(iterations, edit_loss, act_loss, score, probe)

@@ -1,0 +1,267 @@
+"""The lifelong benchmark runner: datasets, input checks, the protocol, resume and report files.
+
+Fast tests edit a tiny random LLaMA-shaped model (26 blocks, so the SmolLM2 YAMLs' layer 25 exists)
+with the SmolLM2 tokenizer; the one real-SmolLM2 test is marked slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, GPT2Tokenizer, LlamaConfig
+
+from conftest import ROOT, SHARED_DATA
+from wise_plugin.runner import RunnerInputError, load_requests, load_specs, paper_table, run_comparison, write_reports
+from wise_plugin.runner import cli
+from wise_plugin.runner.datasets import dataset_format
+from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, contains_target, select_sample
+
+WISE_YAML = os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml")
+FT_YAML = os.path.join(ROOT, "hparams", "FT", "smollm2-135m.yaml")
+TINY_NAME = "tiny-random-gpt2tok"  # never loaded: the tests hand BaseEditor a (model, tokenizer) pair
+
+
+def write_yaml(path, source: str, **changes) -> str:
+    with open(source, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    config.update(changes)
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(config, handle)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_yamls(tmp_path_factory) -> list[str]:
+    """The shipped WISE and FT YAMLs, shortened to a few iterations, naming the tiny model."""
+    folder = tmp_path_factory.mktemp("hparams")
+    return [write_yaml(folder / "wise.yaml", WISE_YAML, model_name=TINY_NAME, n_iter=2, n_prefixes=0, n_loc=4,
+                       rehearse=1),
+            write_yaml(folder / "ft.yaml", FT_YAML, model_name=TINY_NAME, num_steps=2)]
+
+
+class TinyModels:
+    """Builds the same seeded tiny model on every call and counts the calls (one per chunk)."""
+
+    def __init__(self, tokenizer_path: str, interrupt_at: int | None = None) -> None:
+        self.tok = GPT2Tokenizer.from_pretrained(tokenizer_path)
+        self.tok.pad_token_id = self.tok.eos_token_id
+        self.tok.padding_side = "left"
+        self.calls = 0
+        self.interrupt_at = interrupt_at
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt("simulated interruption")
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(self.tok), hidden_size=32, intermediate_size=64, num_hidden_layers=26,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        return AutoModelForCausalLM.from_config(config).eval(), self.tok
+
+
+OPTIONS = RunOptions(t_values=(1, 2), n=2, progress=False)
+CHUNKS = 2 * (2 + 1)  # two editors; T=1: two chunks, T=2: one chunk
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_yamls, smollm2_path, tmp_path_factory):
+    """An uninterrupted run: the reference for the report and resume tests."""
+    out = str(tmp_path_factory.mktemp("full"))
+    factory = TinyModels(smollm2_path)
+    result = run_comparison(load_specs(tiny_yamls), load_requests("builtin"), dataset_format("builtin"), OPTIONS,
+                            out, model_factory=factory)
+    return result, out, factory.calls
+
+
+# Datasets -------------------------------------------------------------------------------------------
+
+def test_builtin_edit_set_is_complete():
+    requests = load_requests("builtin")
+    assert 10 <= len(requests) <= 20
+    for request in requests:
+        assert request["prompt"] and request["target_new"] and request["rephrase_prompt"]
+        assert request["target_new"] != request["ground_truth"]
+        assert set(request["locality"]["neighborhood"]) == {"prompt", "ground_truth"}
+
+
+@pytest.mark.parametrize("name, path, first_key", [
+    ("zsre", "wise/ZsRE/zsre_mend_edit.json", "rephrase_prompt"),
+    ("counterfact", "counterfact/counterfact-edit-1k.json", "rephrase_prompt"),
+    ("hallucination", "wise/hallucination/hallucination-edit.json", "locality"),
+    ("temporal", "wise/temporal/temporal-edit.json", "rephrase_prompt"),
+])
+def test_shared_data_formats_load(name, path, first_key):
+    path = os.path.join(SHARED_DATA, path)
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not on this machine")
+    requests = load_requests(name, path)
+    assert len(requests) > 50
+    assert all(r["prompt"] and r["target_new"] and first_key in r for r in requests)
+    if name == "temporal":  # the OOD prompt is scored in the rephrase slot
+        with open(path, encoding="utf-8") as handle:
+            assert requests[0]["rephrase_prompt"] == json.load(handle)[0]["ood_rephrase"]
+
+
+# Bad input ------------------------------------------------------------------------------------------
+
+def test_dataset_with_missing_keys_names_record_and_key(tmp_path):
+    path = tmp_path / "bad.json"
+    good = {"src": "Q?", "alt": "A", "answers": ["B"], "rephrase": "Q2?", "loc": "nq question: x", "loc_ans": "y"}
+    path.write_text(json.dumps([good, {k: v for k, v in good.items() if k != "alt"}]))
+    with pytest.raises(RunnerInputError, match=r"record 1 lacks the key\(s\) alt of the 'zsre' format"):
+        load_requests("zsre", str(path))
+
+
+def test_dataset_of_another_format_suggests_the_right_name():
+    path = os.path.join(SHARED_DATA, "counterfact", "counterfact-edit-1k.json")
+    if not os.path.isfile(path):
+        pytest.skip("no CounterFact file")
+    with pytest.raises(RunnerInputError, match="pass --dataset counterfact"):
+        load_requests("zsre", path)
+
+
+def test_unknown_editor_name(tmp_path):
+    path = write_yaml(tmp_path / "typo.yaml", FT_YAML, alg_name="FTT")
+    with pytest.raises(RunnerInputError, match=r"alg_name 'FTT' is not an editor the host EasyEdit knows\. "
+                                               r"Did you mean 'FT'\?"):
+        load_specs([path])
+
+
+def test_yaml_for_another_model(tmp_path, tiny_yamls):
+    other = write_yaml(tmp_path / "other.yaml", FT_YAML, model_name="another-model-gpt")
+    with pytest.raises(RunnerInputError, match="set the same model_name in every hparams file"):
+        load_specs([tiny_yamls[0], other])
+
+
+def test_t_larger_than_data():
+    requests = load_requests("builtin")
+    with pytest.raises(RunnerInputError, match="T=8 is larger than the data: the sample holds 4 requests; raise --n"):
+        select_sample(requests, RunOptions(t_values=(1, 8), n=4))
+    with pytest.raises(RunnerInputError, match=f"T=100 is larger than the data.*at most {len(requests)}"):
+        select_sample(requests, RunOptions(t_values=(100,)))
+
+
+def test_bad_input_stops_the_cli_before_any_edit(tmp_path, capsys, monkeypatch):
+    def no_edits(*args, **kwargs):
+        raise AssertionError("an editor was built despite bad input")
+
+    monkeypatch.setattr("wise_plugin.runner.protocol.build_editor", no_edits)
+    out = tmp_path / "out"
+    code = cli.main(["compare", "--T", "1", "50", "--out", str(out)])
+    assert code == 2
+    assert "T=50 is larger than the data" in capsys.readouterr().err
+    assert not (out / RESULTS_FILE).exists()
+
+
+def test_cli_defaults_compare_wise_with_ft_on_the_builtin_set():
+    args = cli.build_parser().parse_args(["compare"])
+    assert args.hparams == [WISE_YAML, FT_YAML] and all(os.path.isfile(p) for p in args.hparams)
+    assert args.data is None and args.dataset is None and args.t_values == [1, 6] and cli.BUILTIN_N == 6
+
+
+@pytest.mark.parametrize("generation, target, hit", [
+    ("Vienna, Austria, and", "Vienna", True), ("4000.", "40", False), ("it is 40.", "40", True),
+    ("nikola tesla was", "Nikola Tesla", True), ("Teslas", "Tesla", False),
+])
+def test_greedy_reliability_matches_whole_words(generation, target, hit):
+    assert contains_target(generation, target) is hit
+
+
+# Protocol, reports, resume --------------------------------------------------------------------------
+
+def test_report_files(full_run, tmp_path):
+    result, _, calls = full_run
+    assert calls == CHUNKS  # one fresh editor per chunk
+    assert [(r["editor"], r["T"], r["chunks"], r["edits"]) for r in result["summary"]] == [
+        ("WISE", 1, 2, 2), ("WISE", 2, 1, 2), ("FT", 1, 2, 2), ("FT", 2, 1, 2)]
+    for row in result["summary"]:
+        assert all(0.0 <= row[m] <= 1.0 for m in ("rel", "gen", "loc", "avg", "gen_rel"))
+        assert row["avg"] == pytest.approx((row["rel"] + row["gen"] + row["loc"]) / 3)
+    paths = write_reports(result, str(tmp_path), {"command": "test"})
+    table = open(paths["results.md"], encoding="utf-8").read()
+    assert "| method (Rel/Gen/Loc/Avg) | T=1 | T=2 |" in table and "| WISE |" in table and "| FT |" in table
+    with open(paths["records.csv"], encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and {r["editor"] for r in rows} == {"WISE", "FT"}
+    assert all(r["greedy"] is not None and float(r["edit_seconds"]) > 0 for r in rows)
+    saved = json.load(open(paths["results.json"], encoding="utf-8"))
+    assert len(saved["records"]) == 8 and saved["summary"] == result["summary"]
+    with open(paths["metrics.png"], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_after_interruption_gives_the_same_table(full_run, tiny_yamls, smollm2_path, tmp_path):
+    reference, _, _ = full_run
+    out = str(tmp_path)
+    args = (load_specs(tiny_yamls), load_requests("builtin"), dataset_format("builtin"), OPTIONS, out)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(*args, model_factory=TinyModels(smollm2_path, interrupt_at=4))
+    with open(os.path.join(out, RESULTS_FILE), encoding="utf-8") as handle:
+        assert len(handle.readlines()) == 3  # one JSON line per finished chunk
+
+    resumed_models = TinyModels(smollm2_path)
+    resumed = run_comparison(*args, model_factory=resumed_models)
+    assert resumed_models.calls == CHUNKS - 3  # finished chunks are not recomputed
+    assert paper_table(resumed) == paper_table(reference)
+    timing = ("edit_s_per_edit", "eval_s_per_edit")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed["summary"]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in reference["summary"]]
+
+    again_models = TinyModels(smollm2_path)
+    again = run_comparison(*args, model_factory=again_models)
+    assert again_models.calls == 0 and again == resumed
+
+
+def test_changed_settings_are_not_taken_from_stored_chunks(full_run, tiny_yamls, smollm2_path):
+    _, out, _ = full_run
+    models = TinyModels(smollm2_path)
+    run_comparison(load_specs(tiny_yamls[1:]), load_requests("builtin"), dataset_format("builtin"),
+                   RunOptions(t_values=(1,), n=2, seed=1, progress=False), out, model_factory=models)
+    assert models.calls == 2  # another seed: both FT chunks run again
+
+
+@pytest.mark.parametrize("name, path, metrics", [
+    ("hallucination", "wise/hallucination/hallucination-edit.json", ("ppl", "loc")),
+    ("temporal", "wise/temporal/temporal-edit.json", ("rel", "ood", "loc", "avg")),
+])
+def test_hallucination_and_temporal_metrics(name, path, metrics, tiny_yamls, smollm2_path, tmp_path):
+    path = os.path.join(SHARED_DATA, path)
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not on this machine")
+    result = run_comparison(load_specs(tiny_yamls[1:]), load_requests(name, path), dataset_format(name),
+                            RunOptions(t_values=(1,), n=1, progress=False), str(tmp_path),
+                            model_factory=TinyModels(smollm2_path))
+    row = result["summary"][0]
+    assert all(row[m] is not None for m in metrics) and row["gen_rel"] is None
+    if name == "hallucination":
+        assert 1.0 <= row["ppl"] <= 100.0  # clipped at 100 as in the WISE paper
+    assert f"({'/'.join(m.capitalize() if m != 'ppl' else 'PPL' for m in metrics)})".replace("Ood", "OOD") \
+        in paper_table(result)
+
+
+@pytest.mark.slow
+def test_real_smollm2_one_edit_each(tmp_path):
+    """The shipped WISE and FT YAMLs on the embedded SmolLM2: one built-in edit each, T=1."""
+    result = run_comparison(load_specs([WISE_YAML, FT_YAML]), load_requests("builtin"), dataset_format("builtin"),
+                            RunOptions(t_values=(1,), n=1, progress=False), str(tmp_path))
+    records = {line["editor"]: line["records"][0] for line in result["chunks"]}
+    assert set(records) == {"WISE", "FT"}
+    for record in records.values():
+        assert record["rel"] > record["pre_rel"]  # the edit moved the model towards the new target
+        assert record["loc"] is not None and record["edit_seconds"] > 0
+
+
+def test_lora_is_refused_up_front_on_the_package_index_host(tmp_path):
+    from wise_plugin.host import host_flavour
+
+    if host_flavour() != "pypi":
+        pytest.skip("the source-repository host has its own LoRA")
+    path = tmp_path / "lora.yaml"
+    path.write_text("alg_name: LoRA\nmodel_name: tiny-random-gpt2tok\n")
+    with pytest.raises(RunnerInputError, match="'LoRA' cannot run on this host"):
+        load_specs([str(path)])

@@ -1,0 +1,109 @@
+"""``LEMoEHyperParams``: the options of the LEMoE editor, validated on load."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
+from wise_plugin.host import import_host
+
+import_host()
+from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
+
+EXPERT_KINDS = ("lowrank", "full")
+_MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*$")
+
+
+@dataclass
+class LEMoEHyperParams(HyperParams):
+    """Hyper-parameters of LEMoE (Wang & Li, EMNLP 2024); see README, "LEMoE".
+
+    ``layer`` names the FFN module that gets the mixture-of-experts bypass, e.g.
+    ``model.layers[17].mlp`` (``inner_params`` is accepted as an alias, as a list or a string).
+    """
+
+    alg_name: str
+    model_name: Any
+    layer: Optional[str] = None
+    inner_params: Optional[Union[str, list]] = None
+    device: Union[int, str, None] = 0
+    # Experts.
+    edits_per_expert: int = 10
+    max_experts: Optional[int] = None
+    expert_kind: str = "lowrank"
+    rank: int = 64
+    lambda_: float = 1.0
+    # Training of one expert (AdamW; the paper's lr is 2e-4 for 7B models).
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    n_iter: int = 50
+    stop_loss: float = 0.01
+    # KV-anchor router: query v = W_up SiLU(W_down e) with e the mean-pooled input embeddings.
+    router_hidden: int = 128
+    key_dim: int = 64
+    router_lr: float = 1e-2
+    router_iter: int = 100
+    # Locality gate (not in the paper): inputs far from every key use the original FFN only.
+    gate: bool = False
+    gate_margin: float = 0.5
+    gate_low: float = 0.2
+    gate_high: float = 0.8
+    loc_pool: Optional[str] = "builtin"
+    # Order planning for whole-batch calls (k-means over edit embeddings).
+    plan: bool = True
+    # Host keys.
+    use_chat_template: bool = False
+    lifelong: bool = False
+    seed: int = 42
+    batch_size: int = 1
+    max_length: int = 30
+    model_parallel: bool = False
+    save_path: Optional[str] = None
+    load_path: Optional[str] = None
+    fp16: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        path = self.layer
+        if path is None and self.inner_params:
+            path = self.inner_params[0] if isinstance(self.inner_params, list) else self.inner_params
+        if not isinstance(path, str) or not path.strip():
+            problems.append("layer must name the FFN module to extend, e.g. 'model.layers[17].mlp'")
+        else:
+            path = path.strip()
+            if path.endswith(".weight") or path.endswith(".bias"):
+                problems.append(
+                    f"layer {path!r} names a parameter; LEMoE extends a whole FFN module, e.g. 'model.layers[17].mlp'")
+            elif not _MODULE_PATH.match(path):
+                problems.append(f"layer {path!r} is not a module path like 'model.layers[17].mlp'")
+        self.layer = path
+        self.inner_params = [path] if isinstance(path, str) else self.inner_params
+        if not isinstance(self.edits_per_expert, int) or self.edits_per_expert < 1:
+            problems.append(f"edits_per_expert (capacity of one expert) must be an integer >= 1, got {self.edits_per_expert!r}")
+        if self.max_experts is not None and (not isinstance(self.max_experts, int) or self.max_experts < 1):
+            problems.append(f"max_experts must be >= 1 (or null for no limit), got {self.max_experts!r}; "
+                            "zero experts cannot hold any edit")
+        if self.expert_kind not in EXPERT_KINDS:
+            problems.append(f"expert_kind {self.expert_kind!r} is not supported; use one of {EXPERT_KINDS}")
+        if self.rank < 1 or self.router_hidden < 1 or self.key_dim < 1:
+            problems.append("rank, router_hidden and key_dim must be >= 1")
+        if self.lr <= 0 or self.router_lr <= 0 or self.n_iter < 1 or self.router_iter < 0:
+            problems.append("lr and router_lr must be > 0, n_iter >= 1 and router_iter >= 0")
+        if self.lambda_ <= 0:
+            problems.append(f"lambda_ (expert output scale) must be > 0, got {self.lambda_}")
+        if not 0.0 <= self.gate_margin <= 1.0:
+            problems.append(f"gate_margin must be in [0, 1], got {self.gate_margin}")
+        if not -1.0 <= self.gate_low < self.gate_high <= 1.0:
+            problems.append(f"need -1 <= gate_low < gate_high <= 1 (cosine targets), got {self.gate_low}, {self.gate_high}")
+        if problems:
+            raise HParamsError("invalid LEMoE hparams: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def from_hparams(cls, hparams_name_or_path: str) -> "LEMoEHyperParams":
+        """Load a LEMoE YAML file and validate it."""
+        config = read_yaml(hparams_name_or_path)
+        hparams = build(cls, config, str(hparams_name_or_path), alg_name="LEMoE")
+        hparams.model_name = resolve_model_name(hparams.model_name)
+        return hparams

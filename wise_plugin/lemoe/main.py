@@ -1,0 +1,125 @@
+"""The host entry point ``apply_lemoe_to_model`` and the restore handle it returns."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from wise_plugin.hparams import HParamsError
+from wise_plugin.lemoe.checkpoint import load_checkpoint, save_checkpoint
+from wise_plugin.lemoe.config import LEMoEHyperParams
+from wise_plugin.lemoe.layer import LEMoELayer
+from wise_plugin.lemoe.model import attach, detach, find_layer, input_device, pooled_embeddings
+from wise_plugin.lemoe.planner import anchor_text, plan_requests
+from wise_plugin.lemoe.trainer import calibrate_gate, train_expert, train_router
+from wise_plugin.wise.data import load_loc_pool
+
+logger = logging.getLogger("wise_plugin.lemoe")
+
+
+class LEMoERestore(dict):
+    """Restore handle for both hosts: call it (source-repo EasyEdit) or iterate ``items()``
+    (package-index EasyEdit) to undo the edits of the call that returned it.
+
+    With ``lifelong: true`` the host's automatic ``items()`` restore is skipped so edits
+    accumulate; calling the handle still rolls back.
+    """
+
+    def __init__(self, model: nn.Module, layer: LEMoELayer, state: Optional[dict[str, Any]], lifelong: bool) -> None:
+        super().__init__()
+        self._model, self._layer, self._state, self._lifelong = model, layer, state, lifelong
+
+    def __call__(self) -> None:
+        if self._state is None:  # the adaptor was created by this call: remove it
+            detach(self._model)
+        else:
+            self._layer.restore(self._state)
+
+    def items(self):  # type: ignore[override]
+        if not self._lifelong:
+            self()
+        return super().items()
+
+
+def _check_request(request: dict[str, Any]) -> None:
+    for key in ("prompt", "target_new"):
+        value = request.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"edit request needs a non-empty string {key!r}, got {value!r}.")
+
+
+def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: LEMoEHyperParams,
+                         copy: bool = False, return_orig_weights: bool = False, keep_original_weight: bool = False,
+                         **kwargs: Any) -> tuple[nn.Module, LEMoERestore]:
+    """Edit ``model`` in place with LEMoE; returns (model, restore handle).
+
+    Requests fill the open expert up to ``edits_per_expert``; a full expert and its key are
+    frozen and the next request opens a new one. Several requests in one call are first put in
+    planned order (k-means clusters, see :mod:`wise_plugin.lemoe.planner`) when ``plan`` is on.
+    """
+    if copy:
+        raise ValueError("LEMoE edits the model in place; copy=True is not supported.")
+    if not requests:
+        raise ValueError("no edit requests given.")
+    for request in requests:
+        _check_request(request)
+    if hparams.load_path and find_layer(model) is None:
+        load_checkpoint(model, hparams.load_path, hparams)
+        logger.info("LEMoE state loaded from %s", hparams.load_path)
+    layer, created = attach(model, hparams.layer, hparams.expert_kind, hparams.rank, hparams.router_hidden,
+                            hparams.key_dim, hparams.lambda_, hparams.seed)
+    handle = LEMoERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
+    device = input_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        layer.gate = hparams.gate
+        if hparams.gate and layer.pool_embeds is None:
+            layer.pool_embeds = pooled_embeddings(model, tok, list(load_loc_pool(hparams.loc_pool))).to(layer.device)
+        requests = list(requests)
+        if hparams.plan and len(requests) > 1:
+            plan = plan_requests(model, tok, requests, hparams.edits_per_expert, hparams.seed)
+            requests = [requests[i] for i in plan.order]
+            layer.planner_state = plan.state()
+            layer.planner_centroids = torch.as_tensor(plan.centroids, dtype=torch.float32)
+            logger.info("LEMoE planned %d edits into %d batches", len(requests), len(plan.batches))
+        done = 0
+        while done < len(requests):
+            start = time.perf_counter()
+            if not layer.open:
+                if hparams.max_experts is not None and len(layer.experts) >= hparams.max_experts:
+                    raise HParamsError(
+                        f"all {hparams.max_experts} experts are full ({hparams.edits_per_expert} edits each); "
+                        "raise max_experts or edits_per_expert to add more edits.")
+                layer.new_expert()
+            index = len(layer.experts) - 1
+            room = hparams.edits_per_expert - len(layer.edits[index])
+            chunk = requests[done:done + room]
+            done += len(chunk)
+            layer.edits[index].extend((r["prompt"], r["target_new"]) for r in chunk)
+            anchors = pooled_embeddings(model, tok, [anchor_text(r) for r in chunk]).to(layer.device)
+            layer.anchor_embeds = torch.cat([layer.anchor_embeds, anchors])
+            layer.anchor_expert = torch.cat([layer.anchor_expert, torch.full(
+                (len(chunk),), index, dtype=torch.long, device=layer.device)])
+            result = train_expert(model, layer, index, tok, hparams, device)
+            routing = train_router(layer, hparams, index)
+            if len(layer.edits[index]) >= hparams.edits_per_expert:
+                layer.freeze(index)
+            logger.info("LEMoE expert %d: %d edit(s) added (%d held), %d steps, loss %.3f, router %d steps, "
+                        "route acc %.2f, %.1f s", index, len(chunk), len(layer.edits[index]), result.iterations,
+                        result.loss, routing["steps"], routing["route_acc"], time.perf_counter() - start)
+        if hparams.gate:
+            calibrate_gate(layer, hparams)
+    except BaseException:
+        handle()  # never leave a half-applied edit behind
+        raise
+    finally:
+        model.train(was_training)
+    if hparams.save_path:
+        save_checkpoint(model, hparams.save_path, hparams)
+        logger.info("LEMoE state after %d edits saved to %s", layer.n_edits, hparams.save_path)
+    return model, handle

@@ -1,0 +1,121 @@
+"""``wise-plugin compare``: the lifelong benchmark of several editors from the command line.
+
+With no arguments it compares WISE with FT-L on the embedded SmolLM2 over the built-in edit set
+(a few minutes on a laptop CPU) and prints how to point it at real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shlex
+import sys
+from typing import Any, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_HPARAMS = (os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml"),
+                   os.path.join(ROOT, "hparams", "FT", "smollm2-135m.yaml"))
+DEFAULT_T = (1, 6)
+BUILTIN_N = 6  # with DEFAULT_T: 24 edits in all; WISE pays its per-model setup in each T=1 chunk
+DEFAULT_OUT = os.path.join("results", "compare")
+REAL_DATA_HINT = """\
+To run on real data (ZsRE in the WISE layout, the paper's T=1,10,100), e.g.:
+  wise-plugin compare --hparams hparams/WISE/smollm2-135m.yaml hparams/FT/smollm2-135m.yaml \\
+      --dataset zsre --data ../shared/data/wise/ZsRE/zsre_mend_edit.json --T 1 10 100 --n 100 \\
+      --out results/compare_zsre
+Other datasets: --dataset counterfact|hallucination|temporal with their JSON file as --data.
+An interrupted run resumes where it stopped when rerun with the same --out."""
+
+logger = logging.getLogger("wise_plugin")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wise-plugin", description="WISE lifelong editing tools for EasyEdit.")
+    commands = parser.add_subparsers(dest="command")
+    compare = commands.add_parser(
+        "compare", help="lifelong benchmark of several editors (the default command)",
+        description=__doc__.splitlines()[0], epilog=REAL_DATA_HINT,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("--hparams", nargs="+", default=list(DEFAULT_HPARAMS), metavar="YAML",
+                         help="one hparams YAML per editor, all for the same model "
+                              "(default: WISE and FT-L on the embedded SmolLM2)")
+    compare.add_argument("--dataset", default=None,
+                         help="zsre, counterfact, hallucination, temporal or builtin (default: builtin, "
+                              "or zsre when --data is given)")
+    compare.add_argument("--data", default=None, help="dataset JSON file (default: the built-in edit set)")
+    compare.add_argument("--T", dest="t_values", nargs="+", type=int, default=list(DEFAULT_T), metavar="T",
+                         help="edits per chunk before scoring (default: %(default)s)")
+    compare.add_argument("--n", type=int, default=None,
+                         help=f"sample size: requests used (default: all; {BUILTIN_N} of the built-in set)")
+    compare.add_argument("--start", type=int, default=0, help="index of the first request (default: 0)")
+    compare.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--eval-target-tokens", type=int, default=40,
+                         help="teacher-forced scoring reads at most this many tokens after each prompt, "
+                              "the same for all editors (default: %(default)s)")
+    compare.add_argument("--fresh", action="store_true", help="discard stored chunks in --out instead of resuming")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = " ".join(part for part in (platform.machine(), platform.processor()) if part)
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def compare(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Check every input, run or resume the comparison, write the reports, print the table."""
+    import wise_plugin  # noqa: F401  (makes the host importable and registers the plugin's editors)
+    from wise_plugin.runner.datasets import BUILTIN, dataset_format, load_requests
+    from wise_plugin.runner.editors import load_specs
+    from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, run_comparison, select_sample
+    from wise_plugin.runner.report import detail_table, paper_table, write_reports
+
+    name = args.dataset or (BUILTIN if args.data is None else "zsre")
+    fmt = dataset_format(name)
+    specs = load_specs(args.hparams)
+    requests = load_requests(name, args.data)
+    n = BUILTIN_N if args.n is None and args.data is None else args.n
+    options = RunOptions(t_values=tuple(args.t_values), n=n, start=args.start, seed=args.seed,
+                         eval_target_tokens=args.eval_target_tokens, progress=not args.no_progress)
+    select_sample(requests, options)  # bad T or --n stop here, before --fresh discards anything
+    stored = os.path.join(args.out, RESULTS_FILE)
+    if args.fresh and os.path.exists(stored):
+        os.remove(stored)
+    result = run_comparison(specs, requests, fmt, options, args.out)
+    meta = {"command": "wise-plugin " + shlex.join(argv), "data": args.data or "built-in compare_edits.json",
+            "model": specs[0].model_name, "machine": _machine()}
+    paths = write_reports(result, args.out, meta)
+    print(f"\n{paper_table(result)}\n{detail_table(result)}")
+    print("written: " + ", ".join(sorted(paths.values())))
+    if args.data is None:
+        print("\n" + REAL_DATA_HINT)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point ``wise-plugin``; no arguments run ``compare`` with its defaults."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["compare", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wise_plugin.hparams import HParamsError
+    from wise_plugin.host import HostImportError
+    from wise_plugin.runner.errors import RunnerInputError
+
+    try:
+        compare(args, argv)
+    except (RunnerInputError, HParamsError, HostImportError) as error:
+        print(f"wise-plugin {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Editors of a comparison: one hparams YAML each, checked up front, built fresh for every chunk.
+
+Any editor the host's ``ALG_DICT`` knows can be compared, as long as its hyper-parameter class is
+known here (the plugin's own classes and the host's FT, LoRA, ROME, MEMIT, KN). The host's classes
+cannot read ``model_name: embedded:smollm2-135m``, so the name is resolved here for all of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
+from wise_plugin.host import alg_dict, host_flavour
+from wise_plugin.runner.errors import RunnerInputError
+
+# alg_name -> "module:class" of its hyper-parameters; the plugin's classes validate themselves.
+HPARAMS_CLASSES: dict[str, str] = {
+    "WISE": "wise_plugin.wise.config:WISEHyperParams",
+    "LEMoE": "wise_plugin.lemoe.config:LEMoEHyperParams",
+    "FT": "easyeditor:FTHyperParams",
+    "LoRA": "easyeditor:LoRAHyperParams",
+    "ROME": "easyeditor:ROMEHyperParams",
+    "MEMIT": "easyeditor:MEMITHyperParams",
+    "KN": "easyeditor:KNHyperParams",
+}
+_PLUGIN_MODULE = "wise_plugin."
+# Editors the package-index host lists but cannot run here (checked on this host, peft 0.21).
+PYPI_HOST_BROKEN: dict[str, str] = {
+    "LoRA": "the package-index EasyEdit's LoRA builds peft's AdaLoraConfig without total_step, which peft "
+            ">= 0.13 rejects, and its LoRAHyperParams has no model_parallel, which BaseEditor reads",
+}
+
+ModelFactory = Callable[[], tuple[Any, Any]]
+
+
+@dataclass
+class EditorSpec:
+    """One editor of a comparison: its label, YAML, hyper-parameters and a fingerprint of them."""
+
+    label: str
+    path: str
+    alg_name: str
+    hparams: Any
+    model_name: str
+    fingerprint: str
+
+
+def _hparams_class(alg_name: str, path: str) -> type:
+    target = HPARAMS_CLASSES.get(alg_name)
+    if target is None:
+        raise RunnerInputError(
+            f"{path}: the runner does not know the hyper-parameter class of alg_name {alg_name!r}; "
+            f"it can compare {', '.join(sorted(HPARAMS_CLASSES))}."
+        )
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise RunnerInputError(f"{path}: alg_name {alg_name!r} needs {target}, which cannot be imported ({error}).") \
+            from error
+
+
+def _check_alg_name(alg_name: Any, path: str) -> str:
+    if alg_name in PYPI_HOST_BROKEN and host_flavour() == "pypi":
+        raise RunnerInputError(f"{path}: alg_name {alg_name!r} cannot run on this host: "
+                               f"{PYPI_HOST_BROKEN[alg_name]}. Use the source-repository EasyEdit, or another editor.")
+    known = sorted(alg_dict())
+    if not isinstance(alg_name, str) or alg_name not in known:
+        close = difflib.get_close_matches(str(alg_name), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RunnerInputError(
+            f"{path}: alg_name {alg_name!r} is not an editor the host EasyEdit knows.{hint} "
+            f"Set alg_name to one of {', '.join(known)}."
+        )
+    return alg_name
+
+
+def _model_key(model_name: Any) -> str:
+    """The identity of a model name for the same-model check (real paths for local folders)."""
+    name = str(model_name)
+    expanded = os.path.expanduser(name)
+    return os.path.realpath(expanded) if os.path.exists(expanded) else name
+
+
+def load_spec(path: str, label: Optional[str] = None) -> EditorSpec:
+    """Read and validate one hparams YAML into an :class:`EditorSpec` (nothing is loaded yet)."""
+    path = os.fspath(path)
+    config = read_yaml(path)
+    alg_name = _check_alg_name(config.get("alg_name"), path)
+    cls = _hparams_class(alg_name, path)
+    if cls.__module__.startswith(_PLUGIN_MODULE):
+        hparams = cls.from_hparams(path)
+    else:
+        hparams = build(cls, dict(config), path, alg_name)
+    hparams.model_name = resolve_model_name(hparams.model_name)
+    name = hparams.model_name
+    if isinstance(name, str) and (os.sep in name or name.startswith((".", "~"))) \
+            and not os.path.isdir(os.path.expanduser(name)):
+        raise HParamsError(
+            f"{path}: model_name {name!r} is not an existing folder. Point it at a downloaded Hugging Face "
+            "model folder, or use model_name: 'embedded:smollm2-135m'."
+        )
+    # Plugin editors keep edits across BaseEditor.edit calls only with lifelong set; the host's
+    # editors keep them anyway when called with keep_original_weight=False.
+    hparams.lifelong = True
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return EditorSpec(label or alg_name, path, alg_name, hparams, _model_key(name), digest)
+
+
+def load_specs(paths: Sequence[str]) -> list[EditorSpec]:
+    """Specs of all ``paths``, with distinct labels, all editing the same model (else an error)."""
+    if not paths:
+        raise RunnerInputError("no hparams YAML given; pass at least one with --hparams.")
+    specs = [load_spec(p) for p in paths]
+    counts: dict[str, int] = {}
+    for spec in specs:
+        counts[spec.label] = counts.get(spec.label, 0) + 1
+    for spec in specs:
+        if counts[spec.label] > 1:  # two YAMLs of one editor: tell them apart by file name
+            spec.label = f"{spec.alg_name} ({os.path.splitext(os.path.basename(spec.path))[0]})"
+    if len({s.label for s in specs}) < len(specs):
+        raise RunnerInputError("two --hparams files share editor and file name; rename one of them.")
+    first = specs[0]
+    for spec in specs[1:]:
+        if spec.model_name != first.model_name:
+            raise RunnerInputError(
+                f"{spec.path} edits model {spec.model_name!r}, but {first.path} edits {first.model_name!r}. "
+                "A comparison needs one model: set the same model_name in every hparams file."
+            )
+    return specs
+
+
+def build_editor(spec: EditorSpec, model_factory: Optional[ModelFactory] = None) -> Any:
+    """A fresh host ``BaseEditor`` for ``spec``: the model as stored, no edits from earlier chunks.
+
+    ``model_factory`` (tests) returns a ``(model, tokenizer)`` pair instead of loading ``model_name``;
+    the name is put back afterwards, because the host's metrics read ``model_name.lower()``.
+    """
+    from easyeditor import BaseEditor
+
+    hparams = copy.deepcopy(spec.hparams)
+    if model_factory is None:
+        return BaseEditor.from_hparams(hparams)
+    name = hparams.model_name
+    hparams.model_name = model_factory()
+    editor = BaseEditor.from_hparams(hparams)
+    hparams.model_name = editor.model_name = name
+    return editor

@@ -1,0 +1,295 @@
+"""The lifelong protocol of the WISE paper, for several editors and several T, resumable.
+
+For every editor and every T the sample is cut into chunks of T requests. Each chunk starts from a
+freshly built host ``BaseEditor`` (the model as stored: earlier chunks are rolled back), applies
+its T requests one after the other with the editor's ALG_DICT function (called as
+``BaseEditor.edit`` calls it), and only then scores all T with EasyEdit's ``compute_edit_quality``
+(locality: agreement with the unedited model's tokens). Scores are averaged over chunks. Each
+finished chunk is appended as one JSON line, so a rerun skips what is done and rebuilds the same
+table from the stored lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wise_plugin.evaluation import greedy_answer
+from wise_plugin.runner.datasets import DatasetFormat
+from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
+from wise_plugin.runner.errors import RunnerInputError
+
+logger = logging.getLogger("wise_plugin")
+
+RESULTS_FILE = "chunks.jsonl"
+METRICS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_rel")
+GREEDY_FORMATS = ("zsre", "counterfact", "builtin")  # short targets: "greedy output contains it" is meaningful
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings of one comparison; all but ``progress`` enter the fingerprint of each stored chunk."""
+
+    t_values: tuple[int, ...]
+    n: Optional[int] = None  # sample size; None takes every request from ``start``
+    start: int = 0
+    seed: int = 0
+    eval_target_tokens: int = 40  # teacher-forced scoring reads at most this many tokens after the prompt
+    greedy_tokens: int = 16
+    ppl_clip: float = 100.0  # the WISE paper clips hallucination perplexity at 100
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Requests ``[start, stop)`` of the sample, edited together for one T."""
+
+    t: int
+    index: int
+    start: int
+    stop: int
+
+
+def select_sample(requests: Sequence[dict[str, Any]], options: RunOptions) -> list[dict[str, Any]]:
+    """The ``n`` requests from ``start``, checked against the data and every T (before any edit)."""
+    if options.start < 0 or options.start >= len(requests):
+        raise RunnerInputError(f"--start {options.start} is outside the data ({len(requests)} requests).")
+    available = len(requests) - options.start
+    n = available if options.n is None else options.n
+    if n < 1 or n > available:
+        raise RunnerInputError(
+            f"sample size {n} is larger than the data: {available} requests from index {options.start}. "
+            f"Use --n {available} or less."
+        )
+    if not options.t_values:
+        raise RunnerInputError("no T value given; pass e.g. --T 1 10 100.")
+    for t in options.t_values:
+        if t < 1:
+            raise RunnerInputError(f"T={t}: every T must be at least 1.")
+        if t > n:
+            hint = f"raise --n to {t} or more" if t <= available else f"use a T of at most {available}"
+            raise RunnerInputError(f"T={t} is larger than the data: the sample holds {n} requests; {hint}.")
+        if n % t:
+            logger.warning("T=%d: %d of the %d requests do not fill a chunk and are left out", t, n % t, n)
+    return list(requests[options.start:options.start + n])
+
+
+def plan(n: int, t_values: Iterable[int]) -> list[Chunk]:
+    """Chunks of every T over a sample of ``n`` requests, in run order."""
+    return [Chunk(t, i, i * t, (i + 1) * t) for t in t_values for i in range(n // t)]
+
+
+def chunk_key(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
+              options: RunOptions) -> str:
+    """Identity of a chunk's result: editor config, model, data content and scoring settings."""
+    content = json.dumps({
+        "hparams": spec.fingerprint, "model": spec.model_name, "dataset": fmt.name,
+        "requests": list(requests), "seed": options.seed, "eval_target_tokens": options.eval_target_tokens,
+        "greedy_tokens": options.greedy_tokens, "ppl_clip": options.ppl_clip,
+    }, sort_keys=True, default=str)
+    digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+    return f"{spec.label}|T={chunk.t}|chunk={chunk.index}|{digest}"
+
+
+class ResultStore:
+    """One JSON line per finished chunk in ``<out>/chunks.jsonl``, written as soon as it finishes."""
+
+    def __init__(self, out_dir: str) -> None:
+        os.makedirs(out_dir, exist_ok=True)
+        self.path = os.path.join(out_dir, RESULTS_FILE)
+        self.lines: dict[str, dict[str, Any]] = {}
+        if os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as handle:
+                for number, text in enumerate(handle, 1):
+                    try:
+                        line = json.loads(text)
+                        self.lines[line["key"]] = line
+                    except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by an interruption
+                        logger.warning("%s: line %d is incomplete and is ignored", self.path, number)
+            logger.info("%s holds %d finished chunks", self.path, len(self.lines))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.lines
+
+    def add(self, line: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.lines[line["key"]] = line
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _score(editor: Any, request: dict[str, Any], eval_metric: str, target_tokens: int) -> dict[str, Any]:
+    """compute_edit_quality with a token budget that always keeps the whole prompt.
+
+    The host truncates prompt + target to ``hparams.max_length`` and fails when a prompt alone
+    fills it (hallucination passages do); here the budget is the longest prompt of the request
+    plus ``target_tokens``, the same for every editor.
+    """
+    from easyeditor import compute_edit_quality
+
+    prompts = [request["prompt"], request.get("rephrase_prompt") or ""]
+    prompts += [value["prompt"] for value in request.get("locality", {}).values()]
+    hparams = copy.copy(editor.hparams)
+    hparams.max_length = max(len(editor.tok(p)["input_ids"]) for p in prompts) + target_tokens
+    with torch.no_grad():
+        return compute_edit_quality(editor.model, editor.model_name, hparams, editor.tok, request,
+                                    editor.hparams.device, eval_metric=eval_metric)
+
+
+def _mean(values: Any) -> Optional[float]:
+    values = [v for v in np.ravel(np.asarray(values, dtype=float)) if not np.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _edit(editor: Any, request: dict[str, Any]) -> float:
+    """Apply one request as ``BaseEditor.edit`` does (same apply function and arguments); returns seconds.
+
+    ``BaseEditor.edit`` itself is not called: it scores every edit before and after it (two extra
+    scorings per edit, which the protocol does not use) with the editor's own ``max_length``, and
+    that scoring fails on prompts longer than ``max_length`` (hallucination passages).
+    ``keep_original_weight=False`` makes the host's editors (FT) return no weights to
+    restore, and ``hparams.lifelong`` keeps the plugin's edits, so the edits accumulate.
+    """
+    chatter = io.StringIO()  # the host's editors print every optimisation step
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(chatter):
+        editor.apply_algo(editor.model, editor.tok, [dict(request)], editor.hparams, copy=False,
+                          return_orig_weights=True, keep_original_weight=False, train_ds=None)
+    seconds = time.perf_counter() - start
+    logger.debug("%s edit output:\n%s", editor.alg_name, chatter.getvalue())
+    return seconds
+
+
+def contains_target(generation: str, target: str) -> bool:
+    """Whether ``target`` appears in ``generation`` as whole words (case-insensitive): "40" not in "4000"."""
+    pattern = r"(?<!\w)" + re.escape(target.strip()) + r"(?!\w)"
+    return re.search(pattern, generation, flags=re.IGNORECASE) is not None
+
+
+def _record(request: dict[str, Any], index: int, fmt: DatasetFormat, before: dict[str, Any],
+            after: dict[str, Any], options: RunOptions) -> dict[str, Any]:
+    locality = [
+        float(np.mean(np.equal(post, pre)))
+        for key in request.get("locality", {})
+        for post, pre in zip(after["locality"][f"{key}_output"], before["locality"][f"{key}_output"])
+    ]
+    record: dict[str, Any] = {"index": index, "prompt": request["prompt"], "target_new": request["target_new"],
+                              "loc": _mean(locality) if locality else None}
+    if fmt.eval_metric == "ppl":
+        record["ppl"] = min(float(np.mean(after["rewrite_ppl"])), options.ppl_clip)
+        record["pre_ppl"] = min(float(np.mean(before["rewrite_ppl"])), options.ppl_clip)
+    else:
+        record["rel"] = _mean(after["rewrite_acc"])
+        record["pre_rel"] = _mean(before["rewrite_acc"])
+        second = "ood" if "ood" in fmt.metrics else "gen"
+        record[second] = _mean(after["rephrase_acc"]) if "rephrase_acc" in after else None
+        record[f"pre_{second}"] = _mean(before["rephrase_acc"]) if "rephrase_acc" in before else None
+    return record
+
+
+def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
+              options: RunOptions, model_factory: Optional[ModelFactory] = None,
+              bar: Optional[tqdm] = None) -> dict[str, Any]:
+    """Edit the chunk's requests on a fresh editor, then score all of them; returns the chunk's line."""
+    _seed(options.seed)
+    editor = build_editor(spec, model_factory)
+    try:
+        eval_start = time.perf_counter()
+        before = [_score(editor, r, fmt.eval_metric, options.eval_target_tokens) for r in requests]
+        eval_seconds = time.perf_counter() - eval_start
+        edit_seconds = []
+        for request in requests:
+            edit_seconds.append(_edit(editor, request))
+            if bar is not None:
+                bar.update(1)
+        eval_start = time.perf_counter()
+        records = []
+        for offset, (request, pre) in enumerate(zip(requests, before)):
+            record = _record(request, options.start + chunk.start + offset, fmt, pre,
+                             _score(editor, request, fmt.eval_metric, options.eval_target_tokens), options)
+            if fmt.name in GREEDY_FORMATS:
+                record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
+                record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
+            record["edit_seconds"] = edit_seconds[offset]
+            records.append(record)
+        eval_seconds += time.perf_counter() - eval_start
+    finally:
+        del editor
+        gc.collect()
+    return {"editor": spec.label, "alg_name": spec.alg_name, "hparams": spec.path, "dataset": fmt.name,
+            "T": chunk.t, "chunk": chunk.index, "edit_seconds": float(sum(edit_seconds)),
+            "eval_seconds": eval_seconds, "records": records}
+
+
+def summarize(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the chunks of one (editor, T): every metric, Avg of the three, seconds per edit."""
+    row: dict[str, Any] = {"chunks": len(lines), "edits": sum(len(line["records"]) for line in lines)}
+    for metric in METRICS:
+        if metric == "avg":
+            continue
+        per_chunk = [_mean([r[metric] for r in line["records"] if r.get(metric) is not None]) for line in lines]
+        per_chunk = [value for value in per_chunk if value is not None]
+        row[metric] = float(np.mean(per_chunk)) if per_chunk else None
+    parts = [row["rel"], row["gen"] if row["gen"] is not None else row["ood"], row["loc"]]
+    row["avg"] = float(np.mean(parts)) if all(p is not None for p in parts) else None
+    row["edit_s_per_edit"] = sum(line["edit_seconds"] for line in lines) / max(row["edits"], 1)
+    row["eval_s_per_edit"] = sum(line["eval_seconds"] for line in lines) / max(row["edits"], 1)
+    return row
+
+
+def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any]], fmt: DatasetFormat,
+                   options: RunOptions, out_dir: str,
+                   model_factory: Optional[ModelFactory] = None) -> dict[str, Any]:
+    """Run (or resume) every chunk of every editor and T; returns summary rows and all chunk lines.
+
+    Inputs are checked before the first edit. The result holds, per editor and T, the chunk means
+    (``summary``), and the stored chunk lines in run order (``chunks``).
+    """
+    sample = select_sample(requests, options)
+    chunks = plan(len(sample), options.t_values)
+    store = ResultStore(out_dir)
+    jobs = [(spec, chunk, chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], options))
+            for spec in specs for chunk in chunks]
+    todo = [job for job in jobs if job[2] not in store]
+    if len(todo) < len(jobs):
+        logger.info("resuming: %d of %d chunks are already in %s", len(jobs) - len(todo), len(jobs), store.path)
+    bar = tqdm(total=sum(c.t for _, c, _ in todo), unit="edit", desc="lifelong edits", disable=not options.progress)
+    try:
+        for spec, chunk, key in todo:
+            bar.set_postfix_str(f"{spec.label} T={chunk.t} chunk {chunk.index + 1}/{len(sample) // chunk.t}")
+            line = run_chunk(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, model_factory, bar)
+            line["key"] = key
+            store.add(line)
+    finally:
+        bar.close()
+    ordered = [store.lines[key] for _, _, key in jobs]
+    summary = []
+    for spec in specs:
+        for t in options.t_values:
+            lines = [line for line in ordered if line["editor"] == spec.label and line["T"] == t]
+            summary.append({"editor": spec.label, "T": t, **summarize(lines)})
+    return {"dataset": fmt.name, "metrics": list(fmt.metrics), "t_values": list(options.t_values),
+            "editors": [s.label for s in specs], "n": len(sample), "start": options.start, "seed": options.seed,
+            "summary": summary, "chunks": ordered}

@@ -1,0 +1,129 @@
+"""Report files of a comparison: the paper-layout Markdown table, CSV and JSON records, a PNG plot.
+
+The tables are built only from stored chunk lines, so a resumed run prints the same table as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from typing import Any, Optional
+
+logger = logging.getLogger("wise_plugin")
+
+LABELS = {"rel": "Rel", "gen": "Gen", "ood": "OOD", "loc": "Loc", "avg": "Avg", "ppl": "PPL",
+          "gen_rel": "greedy contains target"}
+RECORD_FIELDS = ("editor", "T", "chunk", "index", "prompt", "target_new", "rel", "gen", "ood", "loc", "ppl",
+                 "pre_rel", "pre_gen", "pre_ood", "pre_ppl", "gen_rel", "greedy", "edit_seconds")
+
+
+def _fmt(value: Optional[float], metric: str) -> str:
+    if value is None:
+        return "-"
+    if metric == "ppl":
+        return f"{value:.2f}"
+    text = f"{value:.2f}"
+    return text[1:] if text.startswith("0.") else text  # the paper writes .57
+
+
+def _row(result: dict[str, Any], editor: str, t: int) -> dict[str, Any]:
+    return next(r for r in result["summary"] if r["editor"] == editor and r["T"] == t)
+
+
+def paper_table(result: dict[str, Any]) -> str:
+    """Rows editors, columns T, cells ``Rel/Gen/Loc/Avg`` (or ``PPL/Loc``, ``Rel/OOD/Loc/Avg``)."""
+    metrics = result["metrics"]
+    ts = result["t_values"]
+    lines = [f"| method ({'/'.join(LABELS[m] for m in metrics)}) | " + " | ".join(f"T={t}" for t in ts) + " |",
+             "|---|" + "---|" * len(ts)]
+    for editor in result["editors"]:
+        cells = ["/".join(_fmt(_row(result, editor, t)[m], m) for m in metrics) for t in ts]
+        lines.append(f"| {editor} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def detail_table(result: dict[str, Any]) -> str:
+    """Generation-based reliability and cost per editor and T."""
+    lines = ["| method | T | chunks | edits | greedy contains target | edit s/edit | eval s/edit |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["summary"]:
+        lines.append(f"| {row['editor']} | {row['T']} | {row['chunks']} | {row['edits']} | "
+                     f"{_fmt(row['gen_rel'], 'gen_rel')} | {row['edit_s_per_edit']:.2f} | "
+                     f"{row['eval_s_per_edit']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def records(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every per-edit record, tagged with its editor, T and chunk."""
+    return [{"editor": line["editor"], "T": line["T"], "chunk": line["chunk"], **record}
+            for line in result["chunks"] for record in line["records"]]
+
+
+def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The whole Markdown report: what was run, the paper table, then greedy reliability and cost."""
+    head = [f"# Lifelong editing: {result['dataset']}, {result['n']} requests from index {result['start']}", ""]
+    for key in ("command", "data", "model", "machine"):
+        if meta.get(key):
+            head.append(f"- {key}: `{meta[key]}`")
+    head += [f"- seed: {result['seed']}; chunks of T edits each start from the unedited model; scores are read "
+             "after the chunk's last edit (teacher-forced, EasyEdit's compute_edit_quality) and averaged over chunks",
+             ""]
+    return "\n".join(head) + "\n" + paper_table(result) + "\n" + detail_table(result)
+
+
+def plot(result: dict[str, Any], path: str) -> Optional[str]:
+    """One panel per metric against T (log axis), a line per editor; None when matplotlib is missing."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed; no plot written (pip install matplotlib)")
+        return None
+    metrics = [m for m in list(result["metrics"]) + ["gen_rel"]
+               if any(row.get(m) is not None for row in result["summary"])]
+    figure = Figure(figsize=(3.2 * len(metrics), 3.0), layout="constrained")
+    FigureCanvasAgg(figure)  # the Agg canvas, without pyplot's global state
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for editor in result["editors"]:
+            points = [(t, _row(result, editor, t)[metric]) for t in result["t_values"]]
+            points = [(t, v) for t, v in points if v is not None]
+            if points:
+                ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=editor)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(result["t_values"], [str(t) for t in result["t_values"]])
+        ax.set_xlabel("T (edits before scoring)")
+        ax.set_title(LABELS[metric])
+        if metric != "ppl":
+            ax.set_ylim(-0.03, 1.03)
+    axes[0].legend()
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def write_reports(result: dict[str, Any], out_dir: str, meta: Optional[dict[str, Any]] = None) -> dict[str, str]:
+    """Write results.md, summary.csv, records.csv, results.json and metrics.png into ``out_dir``."""
+    meta = meta or {}
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: os.path.join(out_dir, name)
+             for name in ("results.md", "summary.csv", "records.csv", "results.json", "metrics.png")}
+    with open(paths["results.md"], "w", encoding="utf-8") as handle:
+        handle.write(markdown(result, meta))
+    with open(paths["summary.csv"], "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(result["summary"][0]))
+        writer.writeheader()
+        writer.writerows(result["summary"])
+    with open(paths["records.csv"], "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RECORD_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records(result))
+    with open(paths["results.json"], "w", encoding="utf-8") as handle:
+        json.dump({**{k: v for k, v in result.items() if k != "chunks"}, "meta": meta, "records": records(result)},
+                  handle, indent=1)
+    if plot(result, paths["metrics.png"]) is None:
+        del paths["metrics.png"]
+    return paths
