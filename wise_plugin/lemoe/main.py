@@ -9,10 +9,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from wise_plugin.restore import RestoreHandle, check_request
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.lemoe.config import LEMoEHyperParams
-from wise_plugin.lemoe.layer import LEMoELayer
 from wise_plugin.lemoe.model import attach, detach, find_layer, input_device, pooled_embeddings
 from wise_plugin.lemoe.planner import anchor_text, plan_requests
 from wise_plugin.lemoe.trainer import calibrate_gate, train_expert, train_router
@@ -21,35 +21,11 @@ from wise_plugin.wise.data import load_loc_pool
 logger = logging.getLogger("wise_plugin.lemoe")
 
 
-class LEMoERestore(dict):
-    """Restore handle for both hosts: call it (source-repo EasyEdit) or iterate ``items()``
-    (package-index EasyEdit) to undo the edits of the call that returned it.
+class LEMoERestore(RestoreHandle):
+    """Restore handle whose removal path detaches the adaptor created by the call."""
 
-    With ``lifelong: true`` the host's automatic ``items()`` restore is skipped so edits
-    accumulate; calling the handle still rolls back.
-    """
-
-    def __init__(self, model: nn.Module, layer: LEMoELayer, state: Optional[dict[str, Any]], lifelong: bool) -> None:
-        super().__init__()
-        self._model, self._layer, self._state, self._lifelong = model, layer, state, lifelong
-
-    def __call__(self) -> None:
-        if self._state is None:  # the adaptor was created by this call: remove it
-            detach(self._model)
-        else:
-            self._layer.restore(self._state)
-
-    def items(self):  # type: ignore[override]
-        if not self._lifelong:
-            self()
-        return super().items()
-
-
-def _check_request(request: dict[str, Any]) -> None:
-    for key in ("prompt", "target_new"):
-        value = request.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"edit request needs a non-empty string {key!r}, got {value!r}.")
+    def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool) -> None:
+        super().__init__(model, layer, state, lifelong, remove=detach)
 
 
 def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: LEMoEHyperParams,
@@ -66,7 +42,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
     if not requests:
         raise ValueError("no edit requests given.")
     for request in requests:
-        _check_request(request)
+        check_request(request)
     if hparams.load_path and find_layer(model) is None:
         load_checkpoint(model, hparams.load_path, hparams)
         logger.info("LEMoE state loaded from %s", hparams.load_path)

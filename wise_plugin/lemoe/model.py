@@ -11,33 +11,18 @@ from torch import nn
 
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.layer import LEMoELayer, pool
-from wise_plugin.wise.model import StopForward, UpperStack, _child, input_device, module_path, upper_stack
+from wise_plugin.wise.model import StopForward, UpperStack, input_device, locate, upper_stack
 
 __all__ = ["attach", "detach", "find_layer", "resolve", "pooled_embeddings", "CachedForward", "input_device"]
 
 
 def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
     """(parent module, attribute name, module) of the FFN at ``path``, with a clear error if absent."""
-    parts = module_path(path)
-    parent: nn.Module = model
-    module: Optional[nn.Module] = model
-    for depth, name in enumerate(parts):
-        module = _child(parent, name)
-        if module is None:
-            where = ".".join(parts[:depth]) or "the model"
-            if isinstance(parent, (nn.ModuleList, nn.Sequential)):
-                found = f"indices 0..{len(parent) - 1}"
-            else:
-                found = ", ".join(n for n, _ in parent.named_children()) or "nothing"
-            raise HParamsError(
-                f"LEMoE layer {path!r}: {'.'.join(parts[: depth + 1])!r} does not exist in {type(model).__name__}; "
-                f"{where} has {found}. Set layer to the FFN of one block, e.g. 'model.layers[17].mlp'."
-            )
-        if depth < len(parts) - 1:
-            parent = module
+    parent, name, module = locate(model, path, "LEMoE layer",
+                                  " Set layer to the FFN of one block, e.g. 'model.layers[17].mlp'.")
     if not any(isinstance(p, torch.Tensor) for p in module.parameters()):
         raise HParamsError(f"LEMoE layer {path!r} is a {type(module).__name__} without weights; name the block's FFN.")
-    return parent, parts[-1], module
+    return parent, name, module
 
 
 def _widths(module: nn.Module, hidden: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wise_plugin.restore import RestoreHandle, check_request
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
@@ -21,35 +22,11 @@ from wise_plugin.wise.trainer import train_edit
 logger = logging.getLogger("wise_plugin.wise")
 
 
-class WISERestore(dict):
-    """Restore handle for both hosts: call it (source-repo EasyEdit) or iterate ``items()``
-    (package-index EasyEdit) to undo the edits of the call that returned it.
+class WISERestore(RestoreHandle):
+    """Restore handle whose removal path detaches the side memory created by the call."""
 
-    With ``lifelong: true`` the host's automatic ``items()`` restore is skipped so edits
-    accumulate; calling the handle still rolls back.
-    """
-
-    def __init__(self, model: nn.Module, layer: WISELayer, state: Optional[dict[str, Any]], lifelong: bool) -> None:
-        super().__init__()
-        self._model, self._layer, self._state, self._lifelong = model, layer, state, lifelong
-
-    def __call__(self) -> None:
-        if self._state is None:  # the side memory was created by this call: remove it
-            detach(self._model)
-        else:
-            self._layer.restore(self._state)
-
-    def items(self):  # type: ignore[override]
-        if not self._lifelong:
-            self()
-        return super().items()
-
-
-def _check_request(request: dict[str, Any]) -> None:
-    for key in ("prompt", "target_new"):
-        value = request.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"edit request needs a non-empty string {key!r}, got {value!r}.")
+    def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool) -> None:
+        super().__init__(model, layer, state, lifelong, remove=detach)
 
 
 def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
@@ -84,7 +61,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     if not requests:
         raise ValueError("no edit requests given.")
     for request in requests:
-        _check_request(request)
+        check_request(request)
     inner_param = hparams.inner_params[0]
     if hparams.load_path and find_layer(model) is None:
         load_checkpoint(model, hparams.load_path, inner_param)

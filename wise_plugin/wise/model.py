@@ -29,27 +29,34 @@ def _child(parent: nn.Module, name: str) -> Optional[nn.Module]:
     return child if isinstance(child, nn.Module) else None
 
 
-def resolve(model: nn.Module, inner_param: str) -> tuple[nn.Module, str, nn.Module]:
-    """(parent module, attribute name, module) of the projection, with a clear error if absent."""
-    path = module_path(inner_param)
+def locate(model: nn.Module, path: str, label: str, hint: str = "") -> tuple[nn.Module, str, nn.Module]:
+    """(parent module, attribute name, module) at ``path``; when a part is missing, the error names
+    it, what its parent holds instead, and ``hint``. ``label`` says which setting gave the path."""
+    parts = module_path(path)
     parent: nn.Module = model
     module: Optional[nn.Module] = model
-    for depth, name in enumerate(path):
+    for depth, name in enumerate(parts):
         module = _child(parent, name)
         if module is None:
-            where = ".".join(path[:depth]) or "the model"
+            where = ".".join(parts[:depth]) or "the model"
             if isinstance(parent, (nn.ModuleList, nn.Sequential)):
                 found = f"indices 0..{len(parent) - 1}"
             else:
                 found = ", ".join(n for n, _ in parent.named_children()) or "nothing"
             raise HParamsError(
-                f"inner_params {inner_param!r}: {'.'.join(path[: depth + 1])!r} does not exist in "
-                f"{type(model).__name__}; {where} has {found}."
+                f"{label} {path!r}: {'.'.join(parts[: depth + 1])!r} does not exist in "
+                f"{type(model).__name__}; {where} has {found}.{hint}"
             )
-        if depth < len(path) - 1:
+        if depth < len(parts) - 1:
             parent = module
+    return parent, parts[-1], module
+
+
+def resolve(model: nn.Module, inner_param: str) -> tuple[nn.Module, str, nn.Module]:
+    """(parent module, attribute name, module) of the projection, with a clear error if absent."""
+    parent, name, module = locate(model, inner_param, "inner_params")
     if isinstance(module, WISELayer):
-        return parent, path[-1], module
+        return parent, name, module
     if not isinstance(getattr(module, "weight", None), torch.Tensor):
         raise HParamsError(f"inner_params {inner_param!r} names a {type(module).__name__} without a weight.")
     if not isinstance(module, nn.Linear) and type(module).__name__ != "Conv1D":
@@ -57,7 +64,7 @@ def resolve(model: nn.Module, inner_param: str) -> tuple[nn.Module, str, nn.Modu
             f"inner_params {inner_param!r} is a {type(module).__name__}; WISE edits an FFN projection "
             "(nn.Linear, or GPT-2's Conv1D), e.g. model.layers[N].mlp.down_proj.weight."
         )
-    return parent, path[-1], module
+    return parent, name, module
 
 
 class StopForward(Exception):

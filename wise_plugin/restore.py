@@ -1,0 +1,41 @@
+"""What every plugin editor shares with the hosts: the restore handle and the request check."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+
+class RestoreHandle(dict):
+    """Restore handle for both hosts: call it (source-repo EasyEdit) or iterate ``items()``
+    (package-index EasyEdit) to undo the edits of the call that returned it.
+
+    With ``lifelong: true`` the host's automatic ``items()`` restore is skipped so edits
+    accumulate; calling the handle still rolls back. ``state`` is the wrapped layer's snapshot
+    before the call, or None when the call created the layer and ``remove`` takes it out again.
+    """
+
+    def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool,
+                 remove: Callable[[nn.Module], Any]) -> None:
+        super().__init__()
+        self._model, self._layer, self._state, self._lifelong, self._remove = model, layer, state, lifelong, remove
+
+    def __call__(self) -> None:
+        if self._state is None:
+            self._remove(self._model)
+        else:
+            self._layer.restore(self._state)
+
+    def items(self):  # type: ignore[override]
+        if not self._lifelong:
+            self()
+        return super().items()
+
+
+def check_request(request: dict[str, Any]) -> None:
+    """Reject an edit request without a usable prompt or target before anything changes."""
+    for key in ("prompt", "target_new"):
+        value = request.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"edit request needs a non-empty string {key!r}, got {value!r}.")
