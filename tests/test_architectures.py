@@ -104,3 +104,29 @@ def test_half_precision_model_keeps_its_dtype(tok, dtype):
     assert changed.any() and not changed[~layer.mask].any()
     batch = tok(["The capital of Australia is Melbourne", "Hi"], return_tensors="pt", padding=True)
     assert edited(**batch).logits.dtype == dtype
+
+
+def test_setup_is_reused_only_for_a_model_with_the_same_weights(tok, monkeypatch):
+    """A rebuilt unedited model reuses prefixes and pool inputs (same edit); changed weights do not."""
+    import wise_plugin.wise.main as wise_main
+
+    hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "llama-2-7b.yaml"))
+    hparams.inner_params = ["model.layers[1].mlp.down_proj.weight"]
+    hparams.n_iter, hparams.n_prefixes, hparams.use_chat_template = 4, 2, False
+    torch.manual_seed(0)
+    pristine = AutoModelForCausalLM.from_config(tiny_config("llama-2-7b", 2)).eval()
+    generated = []
+    real = wise_main.generate_prefixes
+    monkeypatch.setattr(wise_main, "generate_prefixes", lambda *a, **k: generated.append(1) or real(*a, **k))
+
+    first, _ = apply_wise_to_model(copy.deepcopy(pristine), tok, [dict(REQUEST)], hparams)
+    again, _ = apply_wise_to_model(copy.deepcopy(pristine), tok, [dict(REQUEST)], hparams)
+    assert len(generated) == 1, "the second model with the same weights must reuse the setup"
+    assert find_layer(again).prefixes == find_layer(first).prefixes
+    torch.testing.assert_close(find_layer(again).side_weight, find_layer(first).side_weight, rtol=0, atol=0)
+
+    changed = copy.deepcopy(pristine)
+    with torch.no_grad():
+        changed.model.layers[0].mlp.up_proj.weight[0, 0] += 0.5
+    apply_wise_to_model(changed, tok, [dict(REQUEST)], hparams)
+    assert len(generated) == 2, "a model with other weights must compute its own setup"

@@ -17,6 +17,7 @@ from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool,
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.wise.model import attach, detach, find_layer, input_device, projection_inputs, upper_stack
+from wise_plugin.wise import reuse
 from wise_plugin.wise.trainer import train_edit
 
 logger = logging.getLogger("wise_plugin.wise")
@@ -52,6 +53,24 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
     return acts, mask
 
 
+def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hparams: WISEHyperParams) -> None:
+    """Prompt prefixes and pool projection inputs of a new side memory, reused for a model with the
+    same weights (the lifelong runner rebuilds the unedited model for every chunk)."""
+    pool = load_loc_pool(hparams.loc_pool)
+    key = reuse.setup_key(model, tok, inner_param, hparams, pool)
+    found = reuse.lookup(key)
+    if found is not None:
+        prefixes, pool_acts, pool_mask = found
+    else:
+        prefixes = layer.prefixes if layer.prefixes is not None else \
+            generate_prefixes(model, tok, hparams.n_prefixes, hparams.prefix_lengths, hparams.seed)
+        pool_acts, pool_mask = projection_inputs(model, layer, tok, list(pool))
+        reuse.store(key, prefixes, pool_acts, pool_mask)
+    if layer.prefixes is None:
+        layer.prefixes = prefixes
+    layer.pool_acts, layer.pool_mask = pool_acts, pool_mask
+
+
 def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: WISEHyperParams,
                         copy: bool = False, return_orig_weights: bool = False, keep_original_weight: bool = False,
                         **kwargs: Any) -> tuple[nn.Module, WISERestore]:
@@ -68,13 +87,11 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         logger.info("WISE state loaded from %s", hparams.load_path)
     layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed, hparams.retrieve)
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
-    if layer.prefixes is None:
-        layer.prefixes = generate_prefixes(model, tok, hparams.n_prefixes, hparams.prefix_lengths, hparams.seed)
+    if layer.prefixes is None or layer.pool_acts is None:
+        _setup(model, layer, tok, inner_param, hparams)
     stack = upper_stack(model, inner_param) if hparams.fast_path else None
     if hparams.fast_path and stack is None:
         logger.warning("fast path unavailable for %s; running the full model every iteration", type(model).__name__)
-    if layer.pool_acts is None:
-        layer.pool_acts, layer.pool_mask = projection_inputs(model, layer, tok, list(load_loc_pool(hparams.loc_pool)))
     device = input_device(model)
     was_training = model.training
     model.eval()
@@ -91,9 +108,10 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
             layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
                               hparams.merge_alg, hparams.densities, hparams.weights,
                               result.probe if hparams.refresh_threshold else None)
-            logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, threshold %.2f",
+            logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, thresholds %s",
                         layer.edits, request["prompt"], request["target_new"], result.iterations,
-                        time.perf_counter() - start, result.edit_loss, result.score, layer.threshold)
+                        time.perf_counter() - start, result.edit_loss, result.score,
+                        [round(t, 2) for t in layer.thresholds()])
     except BaseException:
         handle()  # never leave a half-applied edit behind
         raise
