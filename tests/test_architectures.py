@@ -1,7 +1,8 @@
 """Each shipped YAML drives one real WISE edit on a tiny random model of its architecture.
 
 The tiny model is built from the architecture's config class with enough blocks for the YAML's
-layer index, so the edit goes through exactly the module path the YAML names. The fast path
+layer index plus one above it, so the edit goes through exactly the module path the YAML names and the
+fast path runs a block above the edited one. The fast path
 (cached lower blocks) and the reference path (full model every iteration) must agree.
 """
 
@@ -60,7 +61,7 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
     path = module_path(hparams.inner_params[0])
     index = int(next(p for p in path if p.isdigit()))
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(name, index + 1)).eval()
+    model = AutoModelForCausalLM.from_config(tiny_config(name, index + 2)).eval()  # one block above the edit
     reference_model = copy.deepcopy(model)
     stack = upper_stack(model, hparams.inner_params[0])
     assert stack is not None, "fast path must cover this architecture"
@@ -84,6 +85,7 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
     hparams.fast_path = False
     apply_wise_to_model(reference_model, tok, [dict(REQUEST)], hparams)
     torch.testing.assert_close(find_layer(reference_model).side_weight, layer.side_weight, rtol=1e-4, atol=1e-5)
+    assert find_layer(reference_model).threshold == pytest.approx(layer.threshold, rel=1e-4)
 
     handle()
     assert find_layer(edited) is None

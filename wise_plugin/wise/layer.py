@@ -77,12 +77,16 @@ class WISELayer(nn.Module):
         """||a (W' - W)^T|| per token of the active side memory, in float32."""
         return self._apply_delta(x, (self.side_weight - self.base.weight).to(x.dtype)).float().norm(dim=-1)
 
+    def edit_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``a (W' - W)^T`` while editing, keeping the inputs and routing scores for the loss."""
+        delta = self._apply_delta(x, self.side_weight - self.base.weight)
+        self.last_inputs, self.last_scores = x, delta.float().norm(dim=-1)
+        return delta
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base_out = self.base(x)
         if self.editing:
-            delta = self._apply_delta(x, self.side_weight - self.base.weight)
-            self.last_inputs, self.last_scores = x, delta.float().norm(dim=-1)
-            return base_out + delta
+            return base_out + self.edit_delta(x)
         if x.dim() != 3 or not self.thresholds():
             return base_out
         choice, deltas = self._route(x)

@@ -47,7 +47,8 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
         extra += [f"{prompt} {target}" for prompt, target in drawn]
     if extra:
         parts.append(projection_inputs(model, layer, tok, extra))
-    width = max(acts.shape[1] for acts, _ in parts)
+    width = max(int(mask.sum(-1).max()) for _, mask in parts)  # padding past every real token is dropped
+    parts = [(acts[:, :width], mask[:, :width]) for acts, mask in parts]
     acts = torch.cat([F.pad(a, (0, 0, 0, width - a.shape[1])) for a, _ in parts])
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
     return acts, mask

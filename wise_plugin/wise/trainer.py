@@ -7,9 +7,10 @@ positions. The reference path runs the whole model every iteration; both give th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -34,6 +35,37 @@ class EditResult:
 
 def _block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
+
+
+@contextlib.contextmanager
+def _mlp_at_labels(block: Optional[nn.Module], batch: EditBatch) -> Iterator[None]:
+    """Run ``block.mlp`` at the label positions only. In the top block nothing but those positions
+    reaches the LM head, so the others may hold any value; this saves the top MLP's work on
+    every prompt, prefix and padding token."""
+    mlp = getattr(block, "mlp", None)
+    if not isinstance(mlp, nn.Module):
+        yield
+        return
+    where = (batch.label_rows, batch.label_positions)
+    shape: list[torch.Size] = []
+
+    def pick(module: nn.Module, args: tuple) -> Optional[tuple]:
+        if not args or args[0].dim() != 3:  # called in a way this does not know: leave it whole
+            shape.append(None)
+            return None
+        shape.append(args[0].shape)
+        return (args[0][where].unsqueeze(0),) + args[1:]
+
+    def scatter(module: nn.Module, args: tuple, out: torch.Tensor) -> Optional[torch.Tensor]:
+        full = shape.pop()
+        return None if full is None else out.new_zeros(full[:-1] + out.shape[-1:]).index_put(where, out[0])
+
+    handles = [mlp.register_forward_pre_hook(pick), mlp.register_forward_hook(scatter)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class _UpperForward:
@@ -79,6 +111,8 @@ class _UpperForward:
         self.a = captured["a"]
         self.residual = captured["out"] - captured["proj"]
         self.additive = self._check_additive(block)
+        with torch.no_grad():  # the frozen part of the edited block's output: rest + W a
+            self.fixed = self.residual + layer.base(self.a)
 
     @torch.no_grad()
     def _check_additive(self, block: nn.Module) -> bool:
@@ -98,12 +132,14 @@ class _UpperForward:
 
     def __call__(self, batch: EditBatch) -> torch.Tensor:
         if self.additive:
-            hidden = self.residual + self.layer(self.a)
+            hidden = self.fixed + self.layer.edit_delta(self.a)
             blocks = self.stack.blocks[1:]
         else:
             hidden, blocks = self.hidden, self.stack.blocks
-        for block in blocks:
-            hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
+        for index, block in enumerate(blocks):
+            last = index == len(blocks) - 1 and block is not self.stack.blocks[0]
+            with _mlp_at_labels(block if last else None, batch):
+                hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
         picked = hidden[batch.label_rows, batch.label_positions]
         if self.stack.norm is not None:
             picked = self.stack.norm(picked)
@@ -189,8 +225,11 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             layer.apply_update(step(layer.side_weight.grad), hparams.edit_lr, hparams.norm_constraint)
         layer.side_weight.grad = None
         layer.side_weight.requires_grad_(False)
-        with torch.no_grad():
-            forward(batch)
+        with torch.no_grad():  # routing scores need only the projection inputs, which are frozen
+            if isinstance(forward, _UpperForward):
+                layer.edit_delta(forward.a)
+            else:
+                forward(batch)
             s_edit = edit_scores(layer, batch)
         n = batch.input_ids.shape[0]
         score = float(torch.minimum(s_edit[0], s_edit[n]))  # bare prompt: full row and prompt only
