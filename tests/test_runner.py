@@ -19,7 +19,8 @@ from conftest import ROOT, SHARED_DATA
 from wise_plugin.runner import RunnerInputError, load_requests, load_specs, paper_table, run_comparison, write_reports
 from wise_plugin.runner import cli
 from wise_plugin.runner.datasets import dataset_format
-from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, contains_target, select_sample
+from wise_plugin.evaluation import contains_target
+from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, select_sample
 
 WISE_YAML = os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml")
 FT_YAML = os.path.join(ROOT, "hparams", "FT", "smollm2-135m.yaml")

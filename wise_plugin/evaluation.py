@@ -6,8 +6,13 @@ scores every edit after the last one, with locality measured against the unedite
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
+import platform
+import re
+import sys
 import time
 from typing import Any, Optional, Sequence
 
@@ -120,3 +125,64 @@ def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 12) -
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     return tok.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def contains_target(generation: str, target: str) -> bool:
+    """Whether ``target`` appears in ``generation`` as whole words (case-insensitive): "40" not in "4000"."""
+    pattern = r"(?<!\w)" + re.escape(target.strip()) + r"(?!\w)"
+    return re.search(pattern, generation, flags=re.IGNORECASE) is not None
+
+
+def add_greedy(result: dict[str, Any], editor: Any, requests: Sequence[dict[str, Any]]) -> None:
+    """Generation-based reliability: each edited prompt's greedy continuation, and whether it holds
+    the new target; stored per record and as ``greedy_acc``."""
+    hits = []
+    for record, request in zip(result["records"], requests):
+        generation = greedy_answer(editor.model, editor.tok, request["prompt"])
+        hits.append(contains_target(generation, request["target_new"]))
+        record.update(greedy=generation, greedy_hit=hits[-1])
+    result["greedy_acc"] = float(np.mean(hits))
+
+
+# -- command-line helpers shared by the example scripts ------------------------------------------
+
+def example_parser(description: str, hparams: str, data: str, out: str, n: int) -> argparse.ArgumentParser:
+    """Options every lifelong example takes: hparams, data, sample, output, seed and ``--set`` overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--hparams", default=hparams)
+    parser.add_argument("--data", default=data, help="ZsRE edit file (WISE layout)")
+    parser.add_argument("--n", type=int, default=n, help="number of sequential edits T")
+    parser.add_argument("--start", type=int, default=0, help="index of the first record")
+    parser.add_argument("--out", default=out, help="results are written to <out>.json and <out>.md")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override an hparams value, e.g. --set edit_lr=1.5 (repeatable)")
+    return parser
+
+
+def apply_overrides(hparams: Any, items: Sequence[str], parser: argparse.ArgumentParser) -> None:
+    """``KEY=JSON`` pairs onto ``hparams``; an unknown key or bad JSON stops with a parser error."""
+    for item in items:
+        key, _, value = item.partition("=")
+        if not hasattr(hparams, key):
+            parser.error(f"--set {item}: {key!r} is not a {type(hparams).__name__} key")
+        try:
+            setattr(hparams, key, json.loads(value))
+        except json.JSONDecodeError:
+            parser.error(f"--set {item}: {value!r} is not JSON (strings need quotes: {key}='\"text\"')")
+
+
+def write_result(result: dict[str, Any], out: str, title: str, columns: dict[str, Any]) -> str:
+    """Write ``<out>.json`` (everything, with the command and machine) and ``<out>.md`` (one table
+    row of ``columns``); returns the table."""
+    result.update(command=" ".join(sys.argv),
+                  machine=f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=1)
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    table = (f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n"
+             f"| {' | '.join(cell(v) for v in columns.values())} |\n")
+    with open(out + ".md", "w", encoding="utf-8") as handle:
+        handle.write(f"# {title}\n\nCommand: `{result['command']}`\n\n{table}")
+    return table

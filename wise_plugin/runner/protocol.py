@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wise_plugin.evaluation import greedy_answer
+from wise_plugin.evaluation import contains_target, greedy_answer
 from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.runner.errors import RunnerInputError
@@ -180,12 +179,6 @@ def _edit(editor: Any, request: dict[str, Any]) -> float:
     seconds = time.perf_counter() - start
     logger.debug("%s edit output:\n%s", editor.alg_name, chatter.getvalue())
     return seconds
-
-
-def contains_target(generation: str, target: str) -> bool:
-    """Whether ``target`` appears in ``generation`` as whole words (case-insensitive): "40" not in "4000"."""
-    pattern = r"(?<!\w)" + re.escape(target.strip()) + r"(?!\w)"
-    return re.search(pattern, generation, flags=re.IGNORECASE) is not None
 
 
 def _record(request: dict[str, Any], index: int, fmt: DatasetFormat, before: dict[str, Any],
