@@ -20,13 +20,13 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 import wise_plugin
 from wise_plugin.evaluation import zsre_requests
-from wise_plugin.wise import apply_wise_to_model, detach, find_layer
+from wise_plugin.wise import apply_wise_to_model, find_layer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "wise", "ZsRE", "zsre_mend_edit.json")

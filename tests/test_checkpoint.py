@@ -97,7 +97,7 @@ def test_load_into_another_dtype_uses_safe_loading(tiny, tok, hparams, tmp_path)
 
 
 def test_bad_checkpoints_are_rejected(tiny, tok, hparams, tmp_path):
-    with pytest.raises(HParamsError, match="is not a wise-plugin checkpoint folder"):
+    with pytest.raises(HParamsError, match="is not a WISE checkpoint folder"):
         load_checkpoint(tiny, str(tmp_path / "nowhere"), hparams.inner_params[0])
     edited = copy.deepcopy(tiny)
     apply_wise_to_model(edited, tok, [request(0)], hparams)

@@ -7,22 +7,19 @@ the edits of each expert, gate thresholds, which expert is open, the planner's b
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from wise_plugin.checkpoint_files import read_checkpoint, write_checkpoint
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.model import attach, find_layer
 from wise_plugin.wise.model import module_path
 
 FORMAT = "wise-plugin/lemoe"
 VERSION = 1
-TENSORS = "lemoe_state.safetensors"
-METADATA = "lemoe_state.json"
+STEM = "lemoe_state"  # lemoe_state.safetensors + lemoe_state.json
 
 
 def save_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> str:
@@ -49,22 +46,12 @@ def save_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> str:
         "edits": [[list(e) for e in edits] for edits in layer.edits], "thresholds": layer.thresholds,
         "planner_state": layer.planner_state,
     }
-    os.makedirs(path, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, os.path.join(path, TENSORS))
-    with open(os.path.join(path, METADATA), "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1)
-    return path
+    return write_checkpoint(path, STEM, tensors, meta)
 
 
 def load_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> None:
     """Attach the LEMoE adaptor of a folder written by ``save_checkpoint`` to ``model``."""
-    tensor_file, meta_file = os.path.join(path, TENSORS), os.path.join(path, METADATA)
-    if not (os.path.isfile(tensor_file) and os.path.isfile(meta_file)):
-        raise HParamsError(f"load_path {path!r} is not a LEMoE checkpoint folder (needs {TENSORS} and {METADATA}).")
-    with open(meta_file, encoding="utf-8") as handle:
-        meta: dict[str, Any] = json.load(handle)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise HParamsError(f"{meta_file} is not a {FORMAT} checkpoint of version {VERSION}.")
+    tensors, meta = read_checkpoint(path, STEM, FORMAT, VERSION, "LEMoE")
     if hparams is not None and ".".join(module_path(hparams.layer)) != meta["layer"]:
         raise HParamsError(f"checkpoint {path!r} extends {meta['layer']!r}, but the hparams' layer is {hparams.layer!r}.")
     if find_layer(model) is not None:
@@ -75,7 +62,7 @@ def load_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> None:
     layer, _ = attach(model, meta["layer"], "lowrank", meta["expert_width"], meta["router_hidden"], meta["key_dim"],
                       meta["lambda_"], meta["seed"])
     device = layer.device
-    tensors = {k: v.to(device) for k, v in load_file(tensor_file, device="cpu").items()}
+    tensors = {k: v.to(device) for k, v in tensors.items()}
     layer.router.load_state_dict({k[len("router."):]: v for k, v in tensors.items() if k.startswith("router.")})
     for index in range(meta["n_experts"]):
         layer.new_expert()

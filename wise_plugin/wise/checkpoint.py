@@ -8,21 +8,17 @@ and moves every tensor to the edited layer's device and dtype.
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from wise_plugin.checkpoint_files import read_checkpoint, write_checkpoint
 from wise_plugin.hparams import HParamsError
 from wise_plugin.wise.model import attach, find_layer, module_path
 
 FORMAT = "wise-plugin/wise-merge"
 VERSION = 1
-TENSORS = "wise_state.safetensors"
-METADATA = "wise_state.json"
+STEM = "wise_state"  # wise_state.safetensors + wise_state.json
 
 
 def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
@@ -51,22 +47,12 @@ def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
         "retrieve": layer.retrieve, "group_thresholds": state["group_thresholds"],
         "group_start": state["group_start"], "prefixes": layer.prefixes, "memory": [list(item) for item in state["memory"]],
     }
-    os.makedirs(path, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, os.path.join(path, TENSORS))
-    with open(os.path.join(path, METADATA), "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1)
-    return path
+    return write_checkpoint(path, STEM, tensors, meta)
 
 
 def load_checkpoint(model: nn.Module, path: str, inner_param: str) -> None:
     """Attach (or overwrite) the WISE side memory of ``model`` from a folder written by ``save_checkpoint``."""
-    tensor_file, meta_file = os.path.join(path, TENSORS), os.path.join(path, METADATA)
-    if not (os.path.isfile(tensor_file) and os.path.isfile(meta_file)):
-        raise HParamsError(f"load_path {path!r} is not a wise-plugin checkpoint folder (needs {TENSORS} and {METADATA}).")
-    with open(meta_file, encoding="utf-8") as handle:
-        meta: dict[str, Any] = json.load(handle)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise HParamsError(f"{meta_file} is not a {FORMAT} checkpoint of version {VERSION}.")
+    tensors, meta = read_checkpoint(path, STEM, FORMAT, VERSION, "WISE")
     wanted = ".".join(module_path(inner_param))
     if meta["inner_param"] != wanted:
         raise HParamsError(f"checkpoint {path!r} edits {meta['inner_param']!r}, but inner_params names {wanted!r}.")
@@ -75,7 +61,6 @@ def load_checkpoint(model: nn.Module, path: str, inner_param: str) -> None:
         raise HParamsError(f"checkpoint {path!r} holds a {meta['shape']} side memory; this model's is "
                            f"{list(layer.side_weight.shape)} (another model?).")
     device, dtype = layer.side_weight.device, layer.side_weight.dtype
-    tensors = load_file(tensor_file, device="cpu")
     cast = lambda name: tensors[name].to(device=device, dtype=dtype)  # noqa: E731
     layer.mask_ratio, layer.seed, layer.prefixes = meta["mask_ratio"], meta["seed"], meta["prefixes"]
     layer.restore({
