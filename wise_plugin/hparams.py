@@ -85,3 +85,10 @@ def resolve_model_name(model_name: Any) -> Any:
     from wise_plugin.embedded import smollm2_path
 
     return smollm2_path()
+
+
+def load_hparams(cls: type[T], path: str, alg_name: str) -> T:
+    """``cls`` from the YAML file ``path``: keys checked by :func:`build`, the embedded model name resolved."""
+    hparams = build(cls, read_yaml(path), str(path), alg_name=alg_name)
+    hparams.model_name = resolve_model_name(hparams.model_name)  # type: ignore[attr-defined]
+    return hparams

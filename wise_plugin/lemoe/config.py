@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
+from wise_plugin.hparams import HParamsError, load_hparams
 from wise_plugin.host import import_host
 
 import_host()
@@ -103,7 +103,4 @@ class LEMoEHyperParams(HyperParams):
     @classmethod
     def from_hparams(cls, hparams_name_or_path: str) -> "LEMoEHyperParams":
         """Load a LEMoE YAML file and validate it."""
-        config = read_yaml(hparams_name_or_path)
-        hparams = build(cls, config, str(hparams_name_or_path), alg_name="LEMoE")
-        hparams.model_name = resolve_model_name(hparams.model_name)
-        return hparams
+        return load_hparams(cls, hparams_name_or_path, "LEMoE")

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
-from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
+from wise_plugin.hparams import HParamsError, load_hparams
 from wise_plugin.host import import_host
 from wise_plugin.wise.merge import MERGE_ALGS
 
@@ -116,7 +116,4 @@ class WISEHyperParams(HyperParams):
     @classmethod
     def from_hparams(cls, hparams_name_or_path: str) -> "WISEHyperParams":
         """Load a WISE YAML file (upstream's or ours) and validate it."""
-        config = read_yaml(hparams_name_or_path)
-        hparams = build(cls, config, str(hparams_name_or_path), alg_name="WISE")
-        hparams.model_name = resolve_model_name(hparams.model_name)
-        return hparams
+        return load_hparams(cls, hparams_name_or_path, "WISE")
