@@ -5,7 +5,8 @@
 Writes <out>.json and <out>.md. Edits are ZsRE records from ../shared/data, made one by one with
 the repository's SmolLM2 YAML; the fast and the reference path edit the same records from the
 same model. Inference overhead is the median forward time of a batch of prompts through the
-edited model divided by that of the unedited model, timed alternately in the same process.
+edited model divided by that of the unedited model, timed alternately in the same process:
+WISE-Merge (4 edits, two shards merged into one memory) and WISE-Retrieve with 1, 4 and 16 memories.
 """
 
 from __future__ import annotations
@@ -94,7 +95,13 @@ def main() -> None:
 
     prompts = [r["prompt"] for r in zsre_requests(args.data, 32, 500)]
     batch = tok(prompts, return_tensors="pt", padding=True)
-    ratios = {"merge": overhead(fast_model, pristine, batch, args.repeats)}
+    merge = copy.deepcopy(hparams)  # WISE-Merge: one memory, two shards merged after 4 edits
+    merge.retrieve, merge.save_freq, merge.merge_freq = False, 2, 4
+    merge_model = copy.deepcopy(pristine)
+    apply_wise_to_model(merge_model, tok, zsre_requests(args.data, 4, 200), merge)
+    assert find_layer(merge_model).threshold is not None and not find_layer(merge_model).group_thresholds
+    ratios = {"merge": overhead(merge_model, pristine, batch, args.repeats)}
+    del merge_model
     retrieve = copy.deepcopy(hparams)
     retrieve.retrieve, retrieve.save_freq, retrieve.merge_freq = True, 1, 1  # one memory per edit
     retrieve_model = copy.deepcopy(pristine)
