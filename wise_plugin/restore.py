@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import contextlib
+from typing import Any, Callable, Iterator, Optional
 
 from torch import nn
 
@@ -39,3 +40,18 @@ def check_request(request: dict[str, Any]) -> None:
         value = request.get(key)
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"edit request needs a non-empty string {key!r}, got {value!r}.")
+
+
+@contextlib.contextmanager
+def editing(model: nn.Module, handle: RestoreHandle) -> Iterator[None]:
+    """Edit in eval mode; on any error undo what the call did (never leave a half-applied edit),
+    and always put the model back in the training mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    except BaseException:
+        handle()
+        raise
+    finally:
+        model.train(was_training)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from wise_plugin.restore import RestoreHandle, check_request
+from wise_plugin.restore import RestoreHandle, check_request, editing
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.lemoe.config import LEMoEHyperParams
@@ -50,9 +50,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
                             hparams.key_dim, hparams.lambda_, hparams.seed)
     handle = LEMoERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
     device = input_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with editing(model, handle):
         layer.gate = hparams.gate
         if hparams.gate and layer.pool_embeds is None:
             layer.pool_embeds = pooled_embeddings(model, tok, list(load_loc_pool(hparams.loc_pool))).to(layer.device)
@@ -90,11 +88,6 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
                         result.loss, routing["steps"], routing["route_acc"], time.perf_counter() - start)
         if hparams.gate:
             calibrate_gate(layer, hparams)
-    except BaseException:
-        handle()  # never leave a half-applied edit behind
-        raise
-    finally:
-        model.train(was_training)
     if hparams.save_path:
         save_checkpoint(model, hparams.save_path, hparams)
         logger.info("LEMoE state after %d edits saved to %s", layer.n_edits, hparams.save_path)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wise_plugin.restore import RestoreHandle, check_request
+from wise_plugin.restore import RestoreHandle, check_request, editing
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
@@ -94,9 +94,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     if hparams.fast_path and stack is None:
         logger.warning("fast path unavailable for %s; running the full model every iteration", type(model).__name__)
     device = input_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with editing(model, handle):
         for request in requests:
             start = time.perf_counter()
             group = layer.memory[layer.group_start:]  # edits that live in the memory being trained
@@ -113,11 +111,6 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
                         layer.edits, request["prompt"], request["target_new"], result.iterations,
                         time.perf_counter() - start, result.edit_loss, result.score,
                         [round(t, 2) for t in layer.thresholds()])
-    except BaseException:
-        handle()  # never leave a half-applied edit behind
-        raise
-    finally:
-        model.train(was_training)
     if hparams.save_path:
         save_checkpoint(model, hparams.save_path, inner_param)
         logger.info("WISE state after %d edits saved to %s", layer.edits, hparams.save_path)
