@@ -54,6 +54,7 @@ def hparams():
 @pytest.mark.parametrize("retrieve", [False, True])
 def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, retrieve):
     hparams.retrieve = hparams.replay = hparams.refresh_threshold = retrieve
+    hparams.route_by = "ratio" if retrieve else "score"
     straight = copy.deepcopy(tiny)
     for i in range(6):
         apply_wise_to_model(straight, tok, [request(i)], hparams)
@@ -64,6 +65,9 @@ def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, ret
     save_checkpoint(first, str(tmp_path), hparams.inner_params[0])
     meta = json.loads((tmp_path / "wise_state.json").read_text())
     assert meta["edits"] == 3 and meta["n_shard_deltas"] == 1 and len(meta["memory"]) == 3
+    loaded = copy.deepcopy(tiny)
+    load_checkpoint(loaded, str(tmp_path), hparams.inner_params[0])
+    assert find_layer(loaded).route_by == hparams.route_by  # a loaded model routes as the saved one did
 
     resumed = copy.deepcopy(tiny)  # a model that never saw the first three edits
     hparams.load_path = str(tmp_path)

@@ -129,6 +129,20 @@ def test_retrieve_routes_each_row_to_its_own_memory(conv1d):
     assert layer.cached_choice.tolist() == [2, 0, -1]
 
 
+@pytest.mark.parametrize("route_by, expected", [("score", 0), ("ratio", 1)])
+def test_retrieve_top1_rule_by_score_or_by_ratio_to_own_threshold(route_by, expected):
+    """Memory 0 has a large score scale and a high threshold; memory 1 a small scale and a low one.
+    An input above both thresholds goes to the larger raw score, or to the larger score/threshold."""
+    layer = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
+    layer.route_by = route_by
+    eye = torch.eye(16)
+    _edit_towards(layer, 3 * eye[0], score=20.0)  # threshold 10
+    _edit_towards(layer, eye[1], score=2.0)  # threshold 1
+    x = (1.5 * eye[0] + 2 * eye[1]).repeat(1, 2, 1)  # scores 12.7 (ratio 1.27) and 5.7 (ratio 5.7)
+    layer(x)
+    assert layer.cached_choice.tolist() == [expected]
+
+
 def test_retrieve_state_survives_snapshot_restore():
     layer = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
     _edit_towards(layer, torch.eye(16)[0], score=2.0)

@@ -44,7 +44,7 @@ def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
         "shard_index": state["shard_index"], "n_shard_deltas": len(state["shard_deltas"]),
         "n_probes": len(state["probes"]),
         "min_edit_score": state["min_edit_score"], "threshold": state["threshold"],
-        "retrieve": layer.retrieve, "group_thresholds": state["group_thresholds"],
+        "retrieve": layer.retrieve, "route_by": layer.route_by, "group_thresholds": state["group_thresholds"],
         "group_start": state["group_start"], "prefixes": layer.prefixes, "memory": [list(item) for item in state["memory"]],
     }
     return write_checkpoint(path, STEM, tensors, meta)
@@ -63,6 +63,7 @@ def load_checkpoint(model: nn.Module, path: str, inner_param: str) -> None:
     device, dtype = layer.side_weight.device, layer.side_weight.dtype
     cast = lambda name: tensors[name].to(device=device, dtype=dtype)  # noqa: E731
     layer.mask_ratio, layer.seed, layer.prefixes = meta["mask_ratio"], meta["seed"], meta["prefixes"]
+    layer.route_by = meta.get("route_by", "score")  # checkpoints before route_by routed by score
     layer.restore({
         "side_weight": cast("side_weight"), "side_base": cast("side_base"),
         "shard_start": cast("shard_start") if "shard_start" in tensors else None,

@@ -14,6 +14,7 @@ import_host()
 from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
 
 OPTIMIZERS = ("sgd", "adam")
+ROUTE_BY = ("score", "ratio")
 _PARAM_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*\.(weight)$")
 
 
@@ -23,7 +24,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``,
-    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``fast_path``, ``seed`` (see README).
+    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``fast_path``, ``seed`` (see README).
     """
 
     alg_name: str
@@ -67,6 +68,7 @@ class WISEHyperParams(HyperParams):
     rehearse: int = 0
     optimizer: str = "sgd"
     refresh_threshold: bool = False
+    route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper) or "ratio" (score / own threshold)
     fast_path: bool = True
     seed: int = 42
 
@@ -96,6 +98,8 @@ class WISEHyperParams(HyperParams):
             problems.append("n_iter must be >= 1 and edit_lr > 0")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
+        if self.route_by not in ROUTE_BY:
+            problems.append(f"route_by {self.route_by!r} is not supported; use one of {ROUTE_BY}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
         if problems:

@@ -55,6 +55,9 @@ class WISELayer(nn.Module):
                                                              else (0, weight.shape[1])), persistent=False)
         self.group_thresholds: list[float] = []
         self.group_start = 0  # edits made before the active group began
+        # Top-1 rule among memories above their thresholds: highest score (the paper), or highest
+        # score / own threshold, which compares memories whose score scales differ.
+        self.route_by = "score"
         # Routing context, refreshed by the model-level pre-hook before every forward.
         self.editing = False
         self.token_mask: Optional[torch.Tensor] = None
@@ -127,8 +130,9 @@ class WISELayer(nn.Module):
     def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per-row memory index (-1: main memory) and the deltas computed to decide it.
 
-        A row goes to the memory with the highest mean score over its real tokens among those
-        above their own threshold (top-1). While a KV cache grows, the prompt's decision is kept.
+        A row goes to the memory with the highest mean score over its real tokens (or, with
+        ``route_by == "ratio"``, the highest score over that memory's threshold) among those above
+        their own threshold (top-1). While a KV cache grows, the prompt's decision is kept.
         """
         batch, length = x.shape[:2]
         if self.continuing and self.cached_choice is not None and self.cached_choice.shape[0] == batch:
@@ -140,8 +144,10 @@ class WISELayer(nn.Module):
             mask = torch.ones(batch, length, device=x.device)
         mask = mask[:, -length:].to(scores.dtype).unsqueeze(-1)
         rows = (scores * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, memories)
-        above = rows > torch.tensor(self.thresholds(), device=rows.device)
-        best = torch.where(above, rows, torch.full_like(rows, -float("inf"))).argmax(dim=-1)
+        thresholds = torch.tensor(self.thresholds(), device=rows.device, dtype=rows.dtype)
+        above = rows > thresholds
+        rank = rows / thresholds if self.route_by == "ratio" else rows
+        best = torch.where(above, rank, torch.full_like(rank, -float("inf"))).argmax(dim=-1)
         self.cached_choice = torch.where(above.any(dim=-1), best, torch.full_like(best, -1))
         return self.cached_choice, deltas
 

@@ -87,6 +87,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         load_checkpoint(model, hparams.load_path, inner_param)
         logger.info("WISE state loaded from %s", hparams.load_path)
     layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed, hparams.retrieve)
+    layer.route_by = hparams.route_by
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
     if layer.prefixes is None or layer.pool_acts is None:
         _setup(model, layer, tok, inner_param, hparams)
