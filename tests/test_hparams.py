@@ -105,6 +105,7 @@ def test_missing_file():
         ("save_freq: 500", "save_freq: 300", r"merge_freq \(1000\) must be a positive multiple of save_freq \(300\)"),
         ("mask_ratio: 0.2", "mask_ratio: 1.5", r"mask_ratio must be in \(0, 1\]"),
         ("merge_alg: 'ties'", "merge_alg: 'slerp'", r"merge_alg 'slerp' is not supported"),
+        ("merge_alg: 'ties'", "merge_alg: 'ties'\nroute_by: 'margin'", r"route_by 'margin' is not supported; use one of"),
         ("- model.layers[27].mlp.down_proj.weight", "- model.layers[27].mlp.down_proj", r"is not a weight path"),
     ],
 )
