@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ class WISERestore(RestoreHandle):
 
 
 def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
-              hparams: WISEHyperParams) -> tuple[torch.Tensor, torch.Tensor]:
+              hparams: WISEHyperParams, lower: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
     """Projection inputs of the irrelevant rows for one edit: pool draws, the request's own
     ``loc_prompt`` when the host passes one (source-repo EasyEdit's ``loc_prompts``), and with
     ``retrieve`` + ``replay`` stored edits of earlier groups, which the new memory must not claim."""
@@ -46,7 +46,7 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
         drawn = random.Random(hparams.seed - layer.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
         extra += [f"{prompt} {target}" for prompt, target in drawn]
     if extra:
-        parts.append(projection_inputs(model, layer, tok, extra))
+        parts.append(projection_inputs(model, layer, tok, extra, lower=lower))
     width = max(int(mask.sum(-1).max()) for _, mask in parts)  # padding past every real token is dropped
     parts = [(acts[:, :width], mask[:, :width]) for acts, mask in parts]
     acts = torch.cat([F.pad(a, (0, 0, 0, width - a.shape[1])) for a, _ in parts])
@@ -54,7 +54,8 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
     return acts, mask
 
 
-def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hparams: WISEHyperParams) -> None:
+def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hparams: WISEHyperParams,
+           lower: Sequence[nn.Module]) -> None:
     """Prompt prefixes and pool projection inputs of a new side memory, reused for a model with the
     same weights (the lifelong runner rebuilds the unedited model for every chunk)."""
     pool = load_loc_pool(hparams.loc_pool)
@@ -65,7 +66,7 @@ def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hpara
     else:
         prefixes = layer.prefixes if layer.prefixes is not None else \
             generate_prefixes(model, tok, hparams.n_prefixes, hparams.prefix_lengths, hparams.seed)
-        pool_acts, pool_mask = projection_inputs(model, layer, tok, list(pool))
+        pool_acts, pool_mask = projection_inputs(model, layer, tok, list(pool), lower=lower)
         reuse.store(key, prefixes, pool_acts, pool_mask)
     if layer.prefixes is None:
         layer.prefixes = prefixes
@@ -89,9 +90,11 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed, hparams.retrieve)
     layer.route_by = hparams.route_by
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
+    layout = upper_stack(model, inner_param)
+    lower = layout.lower if layout is not None else []  # frozen blocks below the edit
     if layer.prefixes is None or layer.pool_acts is None:
-        _setup(model, layer, tok, inner_param, hparams)
-    stack = upper_stack(model, inner_param) if hparams.fast_path else None
+        _setup(model, layer, tok, inner_param, hparams, lower)
+    stack = layout if hparams.fast_path else None
     if hparams.fast_path and stack is None:
         logger.warning("fast path unavailable for %s; running the full model every iteration", type(model).__name__)
     device = input_device(model)
@@ -102,7 +105,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
             replay = random.Random(hparams.seed + layer.edits).sample(group, k=min(hparams.rehearse, len(group)))
             batch = build_batch(tok, request["prompt"], request["target_new"], layer.prefixes,
                                 hparams.use_chat_template, device, replay)
-            loc_acts, loc_mask = _loc_rows(model, layer, tok, request, hparams)
+            loc_acts, loc_mask = _loc_rows(model, layer, tok, request, hparams, lower)
             result = train_edit(model, layer, stack, batch, loc_acts, loc_mask, hparams)
             layer.memory.append((request["prompt"], request["target_new"]))
             layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,

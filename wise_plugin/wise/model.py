@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -72,11 +73,45 @@ class StopForward(Exception):
 
 
 @torch.no_grad()
-def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str],
-                      batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+@contextlib.contextmanager
+def mlp_at(blocks: Sequence[nn.Module], where: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
+    """Run each block's ``mlp`` at the ``(rows, positions)`` in ``where`` only, zeros elsewhere.
+
+    The MLP is most of a decoder block's work. Padding is never read by real tokens (attention
+    masks it), and in the top block only the label positions reach the LM head, so the MLP may
+    skip the rest. Blocks without an ``mlp`` module run whole.
+    """
+    shapes: list[Optional[torch.Size]] = []
+
+    def pick(module: nn.Module, args: tuple) -> Optional[tuple]:
+        if not args or args[0].dim() != 3:  # called in a way this does not know: leave it whole
+            shapes.append(None)
+            return None
+        shapes.append(args[0].shape)
+        return (args[0][where].unsqueeze(0),) + args[1:]
+
+    def scatter(module: nn.Module, args: tuple, out: torch.Tensor) -> Optional[torch.Tensor]:
+        full = shapes.pop()
+        return None if full is None else out.new_zeros(full[:-1] + out.shape[-1:]).index_put(where, out[0])
+
+    handles = []
+    for block in blocks:
+        mlp = getattr(block, "mlp", None)
+        if isinstance(mlp, nn.Module):
+            handles += [mlp.register_forward_pre_hook(pick), mlp.register_forward_hook(scatter)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str], batch_size: int = 32,
+                      lower: Sequence[nn.Module] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs of the edited projection for ``texts`` (right padded) and their token mask.
 
     They depend only on the frozen layers below the edit, so they are computed once and reused.
+    ``lower``, the blocks below the edited one, run their MLPs on real tokens only.
     """
     device = input_device(model)
     encoded = tok(list(texts), padding=True, return_tensors="pt", padding_side="right").to(device)
@@ -89,9 +124,10 @@ def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[
     handle = layer.register_forward_pre_hook(grab)
     try:
         for start in range(0, len(texts), batch_size):
+            mask = encoded["attention_mask"][start:start + batch_size]
             try:
-                model(input_ids=encoded["input_ids"][start:start + batch_size],
-                      attention_mask=encoded["attention_mask"][start:start + batch_size], use_cache=False)
+                with mlp_at(lower, mask.nonzero(as_tuple=True)):
+                    model(input_ids=encoded["input_ids"][start:start + batch_size], attention_mask=mask, use_cache=False)
             except StopForward:
                 pass
     finally:
@@ -162,11 +198,13 @@ def detach(model: nn.Module) -> bool:
 
 @dataclass
 class UpperStack:
-    """The decoder blocks from the edited one up, the final norm and the LM head."""
+    """The decoder blocks from the edited one up, the final norm and the LM head, and the
+    frozen blocks below the edited one."""
 
     blocks: list[nn.Module]
     norm: Optional[nn.Module]
     head: nn.Module
+    lower: list[nn.Module] = field(default_factory=list)
 
 
 def upper_stack(model: nn.Module, inner_param: str) -> Optional[UpperStack]:
@@ -180,7 +218,8 @@ def upper_stack(model: nn.Module, inner_param: str) -> Optional[UpperStack]:
             head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
             if norm is None or head is None:
                 return None
-            return UpperStack(blocks=list(container)[int(name):], norm=norm, head=head)
+            return UpperStack(blocks=list(container)[int(name):], norm=norm, head=head,
+                              lower=list(container)[:int(name)])
         container = getattr(container, name, None)
         if container is None:
             return None

@@ -7,10 +7,9 @@ positions. The reference path runs the whole model every iteration; both give th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ from torch.nn import functional as F
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import EditBatch
 from wise_plugin.wise.layer import WISELayer
-from wise_plugin.wise.model import StopForward, UpperStack
+from wise_plugin.wise.model import StopForward, UpperStack, mlp_at
 
 logger = logging.getLogger("wise_plugin.wise")
 
@@ -35,37 +34,6 @@ class EditResult:
 
 def _block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
-
-
-@contextlib.contextmanager
-def _mlp_at_labels(block: Optional[nn.Module], batch: EditBatch) -> Iterator[None]:
-    """Run ``block.mlp`` at the label positions only. In the top block nothing but those positions
-    reaches the LM head, so the others may hold any value; this saves the top MLP's work on
-    every prompt, prefix and padding token."""
-    mlp = getattr(block, "mlp", None)
-    if not isinstance(mlp, nn.Module):
-        yield
-        return
-    where = (batch.label_rows, batch.label_positions)
-    shape: list[torch.Size] = []
-
-    def pick(module: nn.Module, args: tuple) -> Optional[tuple]:
-        if not args or args[0].dim() != 3:  # called in a way this does not know: leave it whole
-            shape.append(None)
-            return None
-        shape.append(args[0].shape)
-        return (args[0][where].unsqueeze(0),) + args[1:]
-
-    def scatter(module: nn.Module, args: tuple, out: torch.Tensor) -> Optional[torch.Tensor]:
-        full = shape.pop()
-        return None if full is None else out.new_zeros(full[:-1] + out.shape[-1:]).index_put(where, out[0])
-
-    handles = [mlp.register_forward_pre_hook(pick), mlp.register_forward_hook(scatter)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class _UpperForward:
@@ -96,7 +64,7 @@ class _UpperForward:
         handles = [block.register_forward_pre_hook(grab_block_input, with_kwargs=True),
                    layer.register_forward_hook(grab_projection), block.register_forward_hook(grab_block_output)]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), mlp_at(stack.lower, batch.attention_mask.nonzero(as_tuple=True)):
                 model(**batch.model_inputs(), use_cache=False)
         except StopForward:
             pass
@@ -136,9 +104,13 @@ class _UpperForward:
             blocks = self.stack.blocks[1:]
         else:
             hidden, blocks = self.hidden, self.stack.blocks
+        real = batch.attention_mask.nonzero(as_tuple=True)
+        labels = (batch.label_rows, batch.label_positions)
         for index, block in enumerate(blocks):
-            last = index == len(blocks) - 1 and block is not self.stack.blocks[0]
-            with _mlp_at_labels(block if last else None, batch):
+            if block is self.stack.blocks[0]:  # holds the side memory, whose routing reads every token
+                hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
+                continue
+            with mlp_at([block], labels if index == len(blocks) - 1 else real):
                 hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
         picked = hidden[batch.label_rows, batch.label_positions]
         if self.stack.norm is not None:
