@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import wise_plugin
-from wise_plugin.evaluation import zsre_requests
+from wise_plugin.evaluation import apply_overrides, zsre_requests
 from wise_plugin.wise import apply_wise_to_model, find_layer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's choice)")
     parser.add_argument("--skip-reference", action="store_true", help="time only the fast path")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "speed"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a hyper-parameter of --hparams for both paths, e.g. --set stop_token_prob=null")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(0)
@@ -80,11 +82,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     hparams = wise_plugin.WISEHyperParams.from_hparams(args.hparams)
+    apply_overrides(hparams, args.set, parser)
     hparams.lifelong = True
     editor = wise_plugin.load_editor(hparams)
     pristine, tok = copy.deepcopy(editor.model).eval(), editor.tok
     requests = zsre_requests(args.data, args.n)
     result: dict[str, Any] = {"command": " ".join(sys.argv), "hparams": os.path.relpath(args.hparams, ROOT),
+                              "overrides": args.set,
                               "n_edits": args.n, "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "machine": f"{platform.machine()} {os.cpu_count()} cores"}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,22 @@ def test_real_edit_changes_only_masked_entries(smollm2, smollm2_hparams):
     assert torch.equal(layer.side_weight.detach()[outside], layer.base.weight[outside])
     assert not torch.equal(layer.side_weight.detach()[layer.mask], layer.base.weight[layer.mask])
     assert torch.equal(logits(model, tok), pristine)  # an unrelated probe is routed to the main memory
+
+
+def test_stop_token_prob_ends_the_edit_once_greedy_decoding_gives_the_target(smollm2, smollm2_hparams, caplog):
+    model, tok = smollm2
+    smollm2_hparams.n_iter, smollm2_hparams.stop_token_prob = 60, 0.5
+    with caplog.at_level("INFO", logger="wise_plugin.wise"):
+        apply_wise_to_model(model, tok, [request(1)], smollm2_hparams)
+    iterations = int(re.search(r"(\d+) iterations", caplog.text).group(1))
+    assert iterations < 60
+    prompt, target = EDITS[1]["prompt"], EDITS[1]["target_new"]
+    ids = tok(prompt + " " + target, return_tensors="pt")["input_ids"]
+    start = len(tok(prompt)["input_ids"])
+    with torch.no_grad():
+        probs = model(input_ids=ids).logits[0, start - 1:-1].softmax(-1)
+    assert probs.gather(-1, ids[0, start:, None]).min() >= 0.5  # every target token, routed as at inference
+    assert target in greedy_answer(model, tok, prompt)
 
 
 @pytest.mark.parametrize("field", ["prompt", "target_new"])

@@ -106,6 +106,7 @@ def test_missing_file():
         ("mask_ratio: 0.2", "mask_ratio: 1.5", r"mask_ratio must be in \(0, 1\]"),
         ("merge_alg: 'ties'", "merge_alg: 'slerp'", r"merge_alg 'slerp' is not supported"),
         ("merge_alg: 'ties'", "merge_alg: 'ties'\nroute_by: 'margin'", r"route_by 'margin' is not supported; use one of"),
+        ("merge_alg: 'ties'", "merge_alg: 'ties'\nstop_token_prob: 1.0", r"stop_token_prob must be in \(0, 1\) or null"),
         ("- model.layers[27].mlp.down_proj.weight", "- model.layers[27].mlp.down_proj", r"is not a weight path"),
     ],
 )

@@ -23,7 +23,7 @@ class WISEHyperParams(HyperParams):
     """Hyper-parameters of WISE; every key of upstream's ``hparams/WISE/*.yaml`` loads unchanged.
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
-    ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``,
+    ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``,
     ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``fast_path``, ``seed`` (see README).
     """
 
@@ -64,6 +64,9 @@ class WISEHyperParams(HyperParams):
     n_prefixes: int = 10
     prefix_lengths: List[int] = field(default_factory=lambda: [5, 10])
     stop_loss: float = 0.02
+    # Also stop once every target token of the bare edit row has at least this probability
+    # (None: off): greedy decoding then reproduces the edit, and easy edits need fewer iterations.
+    stop_token_prob: Optional[float] = None
     act_weight: float = 1.0
     rehearse: int = 0
     optimizer: str = "sgd"
@@ -100,6 +103,8 @@ class WISEHyperParams(HyperParams):
             problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
         if self.route_by not in ROUTE_BY:
             problems.append(f"route_by {self.route_by!r} is not supported; use one of {ROUTE_BY}")
+        if self.stop_token_prob is not None and not 0.0 < self.stop_token_prob < 1.0:
+            problems.append(f"stop_token_prob must be in (0, 1) or null, got {self.stop_token_prob}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
         if problems:

@@ -8,6 +8,7 @@ positions. The reference path runs the whole model every iteration; both give th
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -184,13 +185,16 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     try:
         for iterations in range(1, hparams.n_iter + 1):
             logits = forward(batch)
-            ce = F.cross_entropy(logits.float(), batch.labels.to(logits.device))
+            token_ce = F.cross_entropy(logits.float(), batch.labels.to(logits.device), reduction="none")
+            ce = token_ce.mean()
             s_edit = edit_scores(layer, batch)
             s_loc = _row_means(layer.token_scores(loc_acts), loc_mask)
             act = activation_loss(s_edit, s_loc.to(s_edit.device), hparams.alpha, hparams.beta, hparams.gamma)
             edit_loss, act_loss = ce.item(), act.item()
             separated = s_loc.numel() == 0 or hparams.act_ratio * s_edit.detach().min().item() > s_loc.detach().max().item()
-            if edit_loss < hparams.stop_loss and separated:
+            learned = edit_loss < hparams.stop_loss or (hparams.stop_token_prob is not None and bool(
+                (token_ce[batch.label_rows == 0] < -math.log(hparams.stop_token_prob)).all()))  # row 0: the bare edit
+            if learned and separated:
                 break  # target learned and this edit already routes apart from the irrelevant rows
             layer.side_weight.grad = None
             (ce + hparams.act_weight * act.to(ce.device)).backward()
