@@ -159,9 +159,10 @@ def test_bad_input_stops_the_cli_before_any_edit(tmp_path, capsys, monkeypatch):
     assert not (out / RESULTS_FILE).exists()
 
 
-def test_cli_defaults_compare_wise_with_ft_on_the_builtin_set():
+def test_cli_defaults_compare_wise_and_lemoe_with_ft_on_the_builtin_set():
     args = cli.build_parser().parse_args(["compare"])
-    assert args.hparams == [WISE_YAML, FT_YAML] and all(os.path.isfile(p) for p in args.hparams)
+    lemoe_yaml = os.path.join(os.path.dirname(os.path.dirname(WISE_YAML)), "LEMoE", "smollm2-135m.yaml")
+    assert args.hparams == [WISE_YAML, lemoe_yaml, FT_YAML] and all(os.path.isfile(p) for p in args.hparams)
     assert args.data is None and args.dataset is None and args.t_values == [1, 6] and cli.BUILTIN_N == 6
 
 

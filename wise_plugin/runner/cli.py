@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_HPARAMS = (os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml"),
+                   os.path.join(ROOT, "hparams", "LEMoE", "smollm2-135m.yaml"),
                    os.path.join(ROOT, "hparams", "FT", "smollm2-135m.yaml"))
 DEFAULT_T = (1, 6)
 BUILTIN_N = 6  # with DEFAULT_T: 24 edits in all; WISE pays its per-model setup in each T=1 chunk
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_argument("--hparams", nargs="+", default=list(DEFAULT_HPARAMS), metavar="YAML",
                          help="one hparams YAML per editor, all for the same model "
-                              "(default: WISE and FT-L on the embedded SmolLM2)")
+                              "(default: WISE, LEMoE and FT-L on the embedded SmolLM2)")
     compare.add_argument("--dataset", default=None,
                          help="zsre, counterfact, hallucination, temporal or builtin (default: builtin, "
                               "or zsre when --data is given)")
