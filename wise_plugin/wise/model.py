@@ -72,7 +72,6 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once the needed activations are captured."""
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def mlp_at(blocks: Sequence[nn.Module], where: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
     """Run each block's ``mlp`` at the ``(rows, positions)`` in ``where`` only, zeros elsewhere.
@@ -106,6 +105,7 @@ def mlp_at(blocks: Sequence[nn.Module], where: tuple[torch.Tensor, torch.Tensor]
             handle.remove()
 
 
+@torch.no_grad()
 def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str], batch_size: int = 32,
                       lower: Sequence[nn.Module] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs of the edited projection for ``texts`` (right padded) and their token mask.
