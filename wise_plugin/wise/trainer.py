@@ -49,6 +49,7 @@ class _UpperForward:
 
     def __init__(self, model: nn.Module, layer: WISELayer, stack: UpperStack, batch: EditBatch) -> None:
         self.stack, self.layer = stack, layer
+        self.real = batch.attention_mask.nonzero(as_tuple=True)  # (rows, positions) of the real tokens
         captured: dict[str, Any] = {}
 
         def grab_block_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -65,7 +66,7 @@ class _UpperForward:
         handles = [block.register_forward_pre_hook(grab_block_input, with_kwargs=True),
                    layer.register_forward_hook(grab_projection), block.register_forward_hook(grab_block_output)]
         try:
-            with torch.no_grad(), mlp_at(stack.lower, batch.attention_mask.nonzero(as_tuple=True)):
+            with torch.no_grad(), mlp_at(stack.lower, self.real):
                 model(**batch.model_inputs(), use_cache=False)
         except StopForward:
             pass
@@ -105,13 +106,12 @@ class _UpperForward:
             blocks = self.stack.blocks[1:]
         else:
             hidden, blocks = self.hidden, self.stack.blocks
-        real = batch.attention_mask.nonzero(as_tuple=True)
         labels = (batch.label_rows, batch.label_positions)
         for index, block in enumerate(blocks):
             if block is self.stack.blocks[0]:  # holds the side memory, whose routing reads every token
                 hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
                 continue
-            with mlp_at([block], labels if index == len(blocks) - 1 else real):
+            with mlp_at([block], labels if index == len(blocks) - 1 else self.real):
                 hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
         picked = hidden[batch.label_rows, batch.label_positions]
         if self.stack.norm is not None:
