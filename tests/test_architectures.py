@@ -21,7 +21,7 @@ from wise_plugin import WISEHyperParams, apply_wise_to_model
 from wise_plugin.wise import find_layer
 from wise_plugin.wise.data import build_batch
 from wise_plugin.wise.model import module_path, upper_stack
-from wise_plugin.wise.trainer import _UpperForward
+from wise_plugin.wise.trainer import _LocRows, _UpperForward
 
 VOCAB = 49152  # the SmolLM2 tokenizer is used for every tiny model
 
@@ -80,7 +80,8 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
     assert edited(**batch).logits.shape[:2] == batch["input_ids"].shape
 
     batch_rows = build_batch(tok, REQUEST["prompt"], REQUEST["target_new"], [], False, torch.device("cpu"))
-    assert _UpperForward(edited, layer, stack, batch_rows).additive, "edited block must split as rest + projection"
+    no_loc = _LocRows(layer.pool_acts[:0], layer.pool_mask[:0])
+    assert _UpperForward(edited, layer, stack, batch_rows, no_loc).additive, "edited block must split as rest + projection"
 
     hparams.fast_path = False
     apply_wise_to_model(reference_model, tok, [dict(REQUEST)], hparams)

@@ -65,6 +65,8 @@ class WISELayer(nn.Module):
         self.cached_choice: Optional[torch.Tensor] = None  # per-row memory index kept during generation
         self.last_scores: Optional[torch.Tensor] = None
         self.last_inputs: Optional[torch.Tensor] = None
+        self.step_delta: Optional[torch.Tensor] = None  # W' - W of the current edit iteration
+        self.update_buffers: Optional[tuple[torch.Tensor, ...]] = None  # scratch for apply_update, one edit
         self.probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # bare rows of the group's edits
         self.hook_handle: Any = None
 
@@ -76,13 +78,17 @@ class WISELayer(nn.Module):
     def _apply_delta(self, x: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
         return x @ delta_w if self.conv1d_layout else nn.functional.linear(x, delta_w)
 
+    def weight_delta(self) -> torch.Tensor:
+        """``W' - W`` of the active side memory; one edit iteration computes it once (``step_delta``)."""
+        return self.step_delta if self.step_delta is not None else self.side_weight - self.base.weight
+
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
         """||a (W' - W)^T|| per token of the active side memory, in float32."""
-        return self._apply_delta(x, (self.side_weight - self.base.weight).to(x.dtype)).float().norm(dim=-1)
+        return self._apply_delta(x, self.weight_delta().to(x.dtype)).float().norm(dim=-1)
 
     def edit_delta(self, x: torch.Tensor) -> torch.Tensor:
         """``a (W' - W)^T`` while editing, keeping the inputs and routing scores for the loss."""
-        delta = self._apply_delta(x, self.side_weight - self.base.weight)
+        delta = self._apply_delta(x, self.weight_delta())
         self.last_inputs, self.last_scores = x, delta.float().norm(dim=-1)
         return delta
 
@@ -172,15 +178,26 @@ class WISELayer(nn.Module):
         if self.shard_start is None:
             self.shard_start = self.side_weight.detach().clone()
 
+    def end_edit(self) -> None:
+        self.update_buffers = self.step_delta = None
+
     @torch.no_grad()
     def apply_update(self, grad: torch.Tensor, lr: float, norm_constraint: Optional[float]) -> None:
         """One masked step of size ``lr`` along ``-grad``; entries outside the shard's mask are
-        left bit-identical."""
-        stepped = self.side_weight - lr * grad.to(self.side_weight.dtype)
-        if norm_constraint is not None:
-            base = self.base.weight
-            stepped = torch.maximum(torch.minimum(stepped, base + norm_constraint), base - norm_constraint)
-        self.side_weight.copy_(torch.where(self.mask, stepped, self.side_weight))
+        left bit-identical.
+
+        Works in buffers kept for the edit: fresh weight-sized tensors in every iteration cost
+        more in page faults than the arithmetic on them.
+        """
+        weight = self.side_weight
+        if self.update_buffers is None or self.update_buffers[0] != norm_constraint:
+            bounds = () if norm_constraint is None else (self.base.weight - norm_constraint, self.base.weight + norm_constraint)
+            self.update_buffers = (norm_constraint, torch.empty_like(weight), *bounds)
+        _, stepped, *bounds = self.update_buffers
+        torch.add(weight, grad.to(weight.dtype), alpha=-lr, out=stepped)
+        if bounds:
+            torch.clamp(stepped, bounds[0], bounds[1], out=stepped)
+        torch.where(self.mask, stepped, weight, out=weight)
 
     def finish_edit(self, score: float, act_ratio: float, save_freq: Optional[int], merge_freq: int,
                     merge_alg: str, densities: Optional[float], weights: Optional[float],

@@ -37,6 +37,79 @@ def _block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy of ``hidden @ weight^T (+ bias)`` against ``labels``, in one reused
+    (tokens, vocab) buffer: the logits, then their softmax in place, then its gradient in place.
+
+    With a 50k vocabulary the separate logits, log-softmax, its gradient and the zero-filled
+    gradient of the loss were four fresh buffers per iteration, and filling them cost more than
+    the head's matrix products.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                labels: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+        logits = torch.mm(hidden, weight.t(), out=buffer)
+        if bias is not None:
+            logits.add_(bias)
+        picked = logits.gather(1, labels[:, None]).squeeze(1)
+        top = logits.max(dim=1, keepdim=True).values
+        probs = logits.sub_(top).exp_()
+        total = probs.sum(dim=1, keepdim=True)
+        probs.div_(total)
+        ctx.probs, ctx.labels = probs, labels
+        ctx.save_for_backward(weight)
+        return (top.squeeze(1) + total.squeeze(1).log()) - picked
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        (weight,) = ctx.saved_tensors
+        probs = ctx.probs  # d(loss_i)/d(logits_i) = softmax_i - onehot(label_i)
+        probs[torch.arange(probs.shape[0], device=probs.device), ctx.labels] -= 1.0
+        probs.mul_(grad[:, None])
+        ctx.probs = None
+        return torch.mm(probs, weight), None, None, None, None
+
+
+class _LocRows:
+    """The irrelevant rows' projection inputs, real tokens only, packed once per edit."""
+
+    def __init__(self, acts: torch.Tensor, mask: torch.Tensor) -> None:
+        keep = mask.to(acts.device).bool()
+        self.tokens = acts[keep]
+        self.rows = keep.nonzero(as_tuple=True)[0]
+        self.count = keep.sum(-1).clamp(min=1)
+
+    def means(self, norms: torch.Tensor) -> torch.Tensor:
+        """Per-row mean of the token scores ``norms`` (one per packed token)."""
+        return norms.new_zeros(self.count.shape[0]).index_add(0, self.rows, norms) / self.count
+
+
+def _row_means(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(device=scores.device, dtype=scores.dtype)
+    return (scores * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def edit_scores(scores: torch.Tensor, batch: EditBatch) -> torch.Tensor:
+    """Routing scores of the edit rows, over whole rows then over their prompt tokens only."""
+    return torch.cat([_row_means(scores, batch.edit_mask), _row_means(scores, batch.prompt_mask)])
+
+
+class _FullForward:
+    """The reference path: the whole model every iteration."""
+
+    def __init__(self, model: nn.Module, layer: WISELayer, loc: _LocRows) -> None:
+        self.model, self.layer, self.loc = model, layer, loc
+
+    def __call__(self, batch: EditBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every target token, routing scores of the edit rows and of the irrelevant rows."""
+        logits = self.model(**batch.model_inputs(), use_cache=False).logits
+        picked = logits[batch.label_rows, batch.label_positions].float()
+        token_ce = F.cross_entropy(picked, batch.labels.to(picked.device), reduction="none")
+        assert self.layer.last_scores is not None
+        return token_ce, edit_scores(self.layer.last_scores, batch), self.loc.means(self.layer.token_scores(self.loc.tokens))
+
+
 class _UpperForward:
     """Runs the model from the edited projection up, from activations cached once per edit.
 
@@ -47,8 +120,8 @@ class _UpperForward:
     from its cached input instead.
     """
 
-    def __init__(self, model: nn.Module, layer: WISELayer, stack: UpperStack, batch: EditBatch) -> None:
-        self.stack, self.layer = stack, layer
+    def __init__(self, model: nn.Module, layer: WISELayer, stack: UpperStack, batch: EditBatch, loc: _LocRows) -> None:
+        self.stack, self.layer, self.loc = stack, layer, loc
         self.real = batch.attention_mask.nonzero(as_tuple=True)  # (rows, positions) of the real tokens
         captured: dict[str, Any] = {}
 
@@ -83,6 +156,16 @@ class _UpperForward:
         self.additive = self._check_additive(block)
         with torch.no_grad():  # the frozen part of the edited block's output: rest + W a
             self.fixed = self.residual + layer.base(self.a)
+        # One product per iteration gives the side memory's output on the edit's real tokens and the
+        # routing scores of both the edit and the irrelevant rows; padding is never multiplied.
+        self.inputs = torch.cat([self.a[self.real], loc.tokens.to(self.a)])
+        head = stack.head
+        # float32 heads (the usual CPU case) use the fused cross-entropy; half-precision heads keep the
+        # plain one, which upcasts only the picked logits, not the vocabulary matrix.
+        self.fused_head = isinstance(head, nn.Linear) and head.weight.dtype == torch.float32
+        self.labels = batch.labels.to(head.weight.device)
+        if self.fused_head:
+            self.head_buffer = head.weight.new_empty((self.labels.numel(), head.weight.shape[0]))
 
     @torch.no_grad()
     def _check_additive(self, block: nn.Module) -> bool:
@@ -100,9 +183,16 @@ class _UpperForward:
         scale = full.abs().max().clamp(min=1.0)
         return bool(((full - split).abs().max() / scale) < 1e-4)
 
-    def __call__(self, batch: EditBatch) -> torch.Tensor:
+    def __call__(self, batch: EditBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every target token, routing scores of the edit rows and of the irrelevant rows."""
+        layer = self.layer
         if self.additive:
-            hidden = self.fixed + self.layer.edit_delta(self.a)
+            out = layer._apply_delta(self.inputs, layer.weight_delta())
+            norms = out.float().norm(dim=-1)
+            n_real = self.real[0].numel()
+            hidden = self.fixed.index_put(self.real, out[:n_real].to(self.fixed.dtype), accumulate=True)
+            scores = norms.new_zeros(self.a.shape[:2]).index_put(self.real, norms[:n_real])
+            s_loc = self.loc.means(norms[n_real:])
             blocks = self.stack.blocks[1:]
         else:
             hidden, blocks = self.hidden, self.stack.blocks
@@ -113,10 +203,19 @@ class _UpperForward:
                 continue
             with mlp_at([block], labels if index == len(blocks) - 1 else self.real):
                 hidden = _block_output(block(hidden, *self.rest, **self.kwargs))
+        if not self.additive:
+            assert layer.last_scores is not None
+            scores, s_loc = layer.last_scores, self.loc.means(layer.token_scores(self.loc.tokens))
         picked = hidden[batch.label_rows, batch.label_positions]
         if self.stack.norm is not None:
             picked = self.stack.norm(picked)
-        return self.stack.head(picked)
+        head = self.stack.head
+        if self.fused_head:
+            picked = picked.to(head.weight.device)
+            token_ce = _HeadCrossEntropy.apply(picked, head.weight, head.bias, self.labels, self.head_buffer)
+        else:
+            token_ce = F.cross_entropy(head(picked).float(), self.labels, reduction="none")
+        return token_ce, edit_scores(scores, batch), s_loc
 
 
 class _AdamStep:
@@ -141,23 +240,6 @@ class _AdamStep:
         return m_hat / (v_hat.sqrt() + self.eps)
 
 
-def _reference_forward(model: nn.Module, batch: EditBatch) -> torch.Tensor:
-    logits = model(**batch.model_inputs(), use_cache=False).logits
-    return logits[batch.label_rows, batch.label_positions]
-
-
-def _row_means(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(device=scores.device, dtype=scores.dtype)
-    return (scores * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-
-
-def edit_scores(layer: WISELayer, batch: EditBatch) -> torch.Tensor:
-    """Routing scores of the edit rows, over whole rows then over their prompt tokens only."""
-    scores = layer.last_scores
-    assert scores is not None
-    return torch.cat([_row_means(scores, batch.edit_mask), _row_means(scores, batch.prompt_mask)])
-
-
 def activation_loss(s_edit: torch.Tensor, s_loc: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
     """Margin loss: irrelevant rows below alpha, edit rows above beta, and apart by gamma."""
     loss = F.relu(beta - s_edit).mean()
@@ -173,7 +255,8 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     ``loc_acts``/``loc_mask`` are cached projection inputs of irrelevant texts: their routing
     scores need no forward pass, so many of them can constrain every step at little cost.
     """
-    forward = _UpperForward(model, layer, stack, batch) if stack is not None else (lambda b: _reference_forward(model, b))
+    loc = _LocRows(loc_acts, loc_mask)
+    forward = _UpperForward(model, layer, stack, batch, loc) if stack is not None else _FullForward(model, layer, loc)
     frozen = [p for p in model.parameters() if p.requires_grad]  # no weight gradients for the base model
     for param in frozen:
         param.requires_grad_(False)
@@ -184,11 +267,9 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     iterations, edit_loss, act_loss = 0, float("nan"), float("nan")
     try:
         for iterations in range(1, hparams.n_iter + 1):
-            logits = forward(batch)
-            token_ce = F.cross_entropy(logits.float(), batch.labels.to(logits.device), reduction="none")
+            layer.step_delta = layer.side_weight - layer.base.weight  # shared by every use in this step
+            token_ce, s_edit, s_loc = forward(batch)
             ce = token_ce.mean()
-            s_edit = edit_scores(layer, batch)
-            s_loc = _row_means(layer.token_scores(loc_acts), loc_mask)
             act = activation_loss(s_edit, s_loc.to(s_edit.device), hparams.alpha, hparams.beta, hparams.gamma)
             edit_loss, act_loss = ce.item(), act.item()
             separated = s_loc.numel() == 0 or hparams.act_ratio * s_edit.detach().min().item() > s_loc.detach().max().item()
@@ -201,12 +282,14 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             layer.apply_update(step(layer.side_weight.grad), hparams.edit_lr, hparams.norm_constraint)
         layer.side_weight.grad = None
         layer.side_weight.requires_grad_(False)
+        layer.end_edit()
         with torch.no_grad():  # routing scores need only the projection inputs, which are frozen
             if isinstance(forward, _UpperForward):
                 layer.edit_delta(forward.a)
             else:
                 forward(batch)
-            s_edit = edit_scores(layer, batch)
+            assert layer.last_scores is not None
+            s_edit = edit_scores(layer.last_scores, batch)
         n = batch.input_ids.shape[0]
         score = float(torch.minimum(s_edit[0], s_edit[n]))  # bare prompt: full row and prompt only
         real = batch.attention_mask[0].bool()
@@ -215,6 +298,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     finally:
         for param in frozen:
             param.requires_grad_(True)
+        layer.end_edit()
         layer.editing = False
         layer.side_weight.requires_grad_(False)
         layer.last_scores = layer.last_inputs = None
