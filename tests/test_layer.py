@@ -143,6 +143,21 @@ def test_retrieve_top1_rule_by_score_or_by_ratio_to_own_threshold(route_by, expe
     assert layer.cached_choice.tolist() == [expected]
 
 
+def test_retrieve_newest_rule_prefers_the_latest_memory_above_its_threshold():
+    """Memory 0 scores higher in both raw score and ratio, but memory 1 also fires: "newest" picks 1;
+    an input only memory 0 fires on still goes to 0."""
+    layer = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
+    layer.route_by = "newest"
+    eye = torch.eye(16)
+    _edit_towards(layer, eye[0], score=2.0)  # threshold 1
+    _edit_towards(layer, eye[1], score=2.0)  # threshold 1
+    x = torch.stack([(3 * eye[0] + 0.5 * eye[1]).repeat(2, 1), (3 * eye[0]).repeat(2, 1)])
+    scores = layer._all_deltas(x).norm(dim=-1).mean(1)
+    assert bool((scores[0] > 1).all()) and scores[0, 0] > scores[0, 1] and scores[1, 1] < 1
+    layer(x)
+    assert layer.cached_choice.tolist() == [1, 0]
+
+
 def test_retrieve_state_survives_snapshot_restore():
     layer = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
     _edit_towards(layer, torch.eye(16)[0], score=2.0)

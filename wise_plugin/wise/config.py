@@ -14,7 +14,7 @@ import_host()
 from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
 
 OPTIMIZERS = ("sgd", "adam")
-ROUTE_BY = ("score", "ratio")
+ROUTE_BY = ("score", "ratio", "newest")
 _PARAM_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*\.(weight)$")
 
 
@@ -71,7 +71,7 @@ class WISEHyperParams(HyperParams):
     rehearse: int = 0
     optimizer: str = "sgd"
     refresh_threshold: bool = False
-    route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper) or "ratio" (score / own threshold)
+    route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper), "ratio" (score / own threshold), "newest"
     fast_path: bool = True
     seed: int = 42
 

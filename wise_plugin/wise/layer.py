@@ -137,8 +137,9 @@ class WISELayer(nn.Module):
         """Per-row memory index (-1: main memory) and the deltas computed to decide it.
 
         A row goes to the memory with the highest mean score over its real tokens (or, with
-        ``route_by == "ratio"``, the highest score over that memory's threshold) among those above
-        their own threshold (top-1). While a KV cache grows, the prompt's decision is kept.
+        ``route_by == "ratio"``, the highest score over that memory's threshold; with ``"newest"``,
+        the most recent memory) among those above their own threshold (top-1). While a KV cache
+        grows, the prompt's decision is kept.
         """
         batch, length = x.shape[:2]
         if self.continuing and self.cached_choice is not None and self.cached_choice.shape[0] == batch:
@@ -152,7 +153,10 @@ class WISELayer(nn.Module):
         rows = (scores * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, memories)
         thresholds = torch.tensor(self.thresholds(), device=rows.device, dtype=rows.dtype)
         above = rows > thresholds
-        rank = rows / thresholds if self.route_by == "ratio" else rows
+        if self.route_by == "newest":  # later memories were trained to reject earlier edits, not the reverse
+            rank = torch.arange(rows.shape[-1], device=rows.device, dtype=rows.dtype).expand_as(rows)
+        else:
+            rank = rows / thresholds if self.route_by == "ratio" else rows
         best = torch.where(above, rank, torch.full_like(rank, -float("inf"))).argmax(dim=-1)
         self.cached_choice = torch.where(above.any(dim=-1), best, torch.full_like(best, -1))
         return self.cached_choice, deltas
