@@ -30,6 +30,21 @@ class WISERestore(RestoreHandle):
         super().__init__(model, layer, state, lifelong, remove=detach)
 
 
+def _replay_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str],
+                   lower: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection inputs of replayed earlier edits, each computed once (alone, so its values do not
+    depend on the batch it was first drawn in) and kept on the layer for later draws."""
+    for text in texts:
+        if text not in layer.replay_cache:
+            acts, mask = projection_inputs(model, layer, tok, [text], lower=lower)
+            layer.replay_cache[text] = acts[0]
+    width = max(layer.replay_cache[text].shape[0] for text in texts)
+    acts = torch.stack([F.pad(layer.replay_cache[text], (0, 0, 0, width - layer.replay_cache[text].shape[0]))
+                        for text in texts])
+    mask = torch.stack([(torch.arange(width) < layer.replay_cache[text].shape[0]).long() for text in texts])
+    return acts, mask.to(acts.device)
+
+
 def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
               hparams: WISEHyperParams, lower: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
     """Projection inputs of the irrelevant rows for one edit: pool draws, the request's own
@@ -41,12 +56,12 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
     given = request.get("loc_prompt")
     if given:
         extra += [given] if isinstance(given, str) else list(given)
+    if extra:
+        parts.append(projection_inputs(model, layer, tok, extra, lower=lower))
     earlier = layer.memory[:layer.group_start]
     if hparams.retrieve and hparams.replay and earlier:
         drawn = random.Random(hparams.seed - layer.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
-        extra += [f"{prompt} {target}" for prompt, target in drawn]
-    if extra:
-        parts.append(projection_inputs(model, layer, tok, extra, lower=lower))
+        parts.append(_replay_inputs(model, layer, tok, [f"{prompt} {target}" for prompt, target in drawn], lower))
     width = max(int(mask.sum(-1).max()) for _, mask in parts)  # padding past every real token is dropped
     parts = [(acts[:, :width], mask[:, :width]) for acts, mask in parts]
     acts = torch.cat([F.pad(a, (0, 0, 0, width - a.shape[1])) for a, _ in parts])
