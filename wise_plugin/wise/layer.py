@@ -49,6 +49,7 @@ class WISELayer(nn.Module):
         self.pool_acts: Optional[torch.Tensor] = None  # projection inputs of the irrelevant-text pool
         self.pool_mask: Optional[torch.Tensor] = None
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal
+        self.block_is_additive: Optional[bool] = None  # fast path: block output = rest + projection?
         self.replay_cache: dict[str, torch.Tensor] = {}  # projection inputs of replayed edits, derived data
         # WISE-Retrieve: each finished merge group is retired as its own memory with its threshold.
         self.retrieve = retrieve

@@ -116,7 +116,7 @@ class _UpperForward:
     The edited block's output is ``rest + projection(a)`` in pre-norm blocks (LLaMA, Mistral,
     Qwen2, GPT-J, GPT-2): ``rest`` and the projection input ``a`` are frozen, so each iteration
     only applies the side memory to ``a`` and runs the blocks above. The additivity is checked
-    once per edit with a perturbed side memory; where it does not hold the edited block is rerun
+    once per layer with a perturbed side memory; where it does not hold the edited block is rerun
     from its cached input instead.
     """
 
@@ -153,7 +153,9 @@ class _UpperForward:
             self.hidden, self.rest = self.kwargs.pop("hidden_states").detach(), ()
         self.a = captured["a"]
         self.residual = captured["out"] - captured["proj"]
-        self.additive = self._check_additive(block)
+        if layer.block_is_additive is None:  # a property of the block's code: checked on the first edit
+            layer.block_is_additive = self._check_additive(block)
+        self.additive = layer.block_is_additive
         with torch.no_grad():  # the frozen part of the edited block's output: rest + W a
             self.fixed = self.residual + layer.base(self.a)
         # One product per iteration gives the side memory's output on the edit's real tokens and the
