@@ -68,7 +68,7 @@ class WISELayer(nn.Module):
         self.last_scores: Optional[torch.Tensor] = None
         self.last_inputs: Optional[torch.Tensor] = None
         self.step_delta: Optional[torch.Tensor] = None  # W' - W of the current edit iteration
-        self.update_buffers: Optional[tuple[torch.Tensor, ...]] = None  # scratch for apply_update, one edit
+        self.update_buffers: Optional[tuple[Any, ...]] = None  # (norm_constraint, scratch, bounds...) for one edit
         self.probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # bare rows of the group's edits
         self.hook_handle: Any = None
 

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from wise_plugin.restore import RestoreHandle, check_request, editing
 from wise_plugin.wise.config import WISEHyperParams
@@ -36,13 +37,11 @@ def _replay_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str
     depend on the batch it was first drawn in) and kept on the layer for later draws."""
     for text in texts:
         if text not in layer.replay_cache:
-            acts, mask = projection_inputs(model, layer, tok, [text], lower=lower)
-            layer.replay_cache[text] = acts[0]
-    width = max(layer.replay_cache[text].shape[0] for text in texts)
-    acts = torch.stack([F.pad(layer.replay_cache[text], (0, 0, 0, width - layer.replay_cache[text].shape[0]))
-                        for text in texts])
-    mask = torch.stack([(torch.arange(width) < layer.replay_cache[text].shape[0]).long() for text in texts])
-    return acts, mask.to(acts.device)
+            layer.replay_cache[text] = projection_inputs(model, layer, tok, [text], lower=lower)[0][0]
+    rows = [layer.replay_cache[text] for text in texts]
+    lengths = torch.tensor([row.shape[0] for row in rows])
+    mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
+    return pad_sequence(rows, batch_first=True), mask.to(rows[0].device)
 
 
 def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
