@@ -92,6 +92,28 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
     assert find_layer(edited) is None
 
 
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_rehearsed_rows_from_the_cache_match_the_reference_path(name, tok):
+    """Later edits replay earlier ones; the fast path takes their hidden states from its cache."""
+    hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, f"{name}.yaml"))
+    hparams.n_iter, hparams.n_prefixes, hparams.use_chat_template, hparams.rehearse = 4, 2, False, 2
+    hparams.lifelong = True
+    index = int(next(p for p in module_path(hparams.inner_params[0]) if p.isdigit()))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(name, index + 2)).eval()
+    reference_model = copy.deepcopy(model)
+    requests = [dict(REQUEST), dict(REQUEST, prompt="The Eiffel Tower is in", target_new="Rome"),
+                dict(REQUEST, prompt="Water boils at a temperature of", target_new="50 degrees")]
+    for request in requests:
+        apply_wise_to_model(model, tok, [request], hparams)
+    layer = find_layer(model)
+    assert layer.kwargs_shared and len(layer.block_inputs) == 3
+    hparams.fast_path = False
+    for request in requests:
+        apply_wise_to_model(reference_model, tok, [request], hparams)
+    torch.testing.assert_close(find_layer(reference_model).side_weight, layer.side_weight, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_model_keeps_its_dtype(tok, dtype):
     hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "llama-2-7b.yaml"))

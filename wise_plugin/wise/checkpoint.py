@@ -35,6 +35,9 @@ def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
     for index, (acts, row_mask, prompt_mask) in enumerate(state["probes"]):
         tensors.update({f"probe.{index}.acts": acts, f"probe.{index}.row_mask": row_mask,
                         f"probe.{index}.prompt_mask": prompt_mask})
+    block_texts = list(state["block_inputs"])
+    for index, text in enumerate(block_texts):
+        tensors[f"block_input.{index}"] = state["block_inputs"][text]
     for index, delta in enumerate(state["shard_deltas"]):
         tensors[f"shard_delta.{index}"] = delta
     meta = {
@@ -42,7 +45,7 @@ def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
         "shape": list(layer.side_weight.shape), "dtype": str(layer.side_weight.dtype).removeprefix("torch."),
         "mask_ratio": layer.mask_ratio, "seed": layer.seed, "edits": state["edits"],
         "shard_index": state["shard_index"], "n_shard_deltas": len(state["shard_deltas"]),
-        "n_probes": len(state["probes"]),
+        "n_probes": len(state["probes"]), "block_input_texts": block_texts,
         "min_edit_score": state["min_edit_score"], "threshold": state["threshold"],
         "retrieve": layer.retrieve, "route_by": layer.route_by, "group_thresholds": state["group_thresholds"],
         "group_start": state["group_start"], "prefixes": layer.prefixes, "memory": [list(item) for item in state["memory"]],
@@ -76,4 +79,7 @@ def load_checkpoint(model: nn.Module, path: str, inner_param: str) -> None:
         "group_thresholds": meta["group_thresholds"], "group_start": meta["group_start"],
         "probes": [(cast(f"probe.{i}.acts"), tensors[f"probe.{i}.row_mask"].to(device),
                     tensors[f"probe.{i}.prompt_mask"].to(device)) for i in range(meta["n_probes"])],
+        # hidden states in the model's dtype (they enter the edited block); absent in older checkpoints
+        "block_inputs": {text: tensors[f"block_input.{i}"].to(device)
+                         for i, text in enumerate(meta.get("block_input_texts", []))},
     })

@@ -28,6 +28,8 @@ class EditBatch:
     label_rows: torch.Tensor  # row index of each predicted target token
     label_positions: torch.Tensor  # position whose logits predict it
     labels: torch.Tensor  # the target token ids
+    text: str = ""  # the bare edit row as tokenised: prompt, space, target (rehearsed later under this text)
+    rehearsed: tuple[str, ...] = ()  # texts of the trailing rows that replay earlier edits
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -149,4 +151,6 @@ def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use
         label_rows=as_long(rows),
         label_positions=as_long(positions),
         labels=as_long(labels),
+        text=full[0],
+        rehearsed=tuple(full[len(full) - len(replay):]) if replay else (),
     )

@@ -51,6 +51,8 @@ class WISELayer(nn.Module):
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal
         self.block_is_additive: Optional[bool] = None  # fast path: block output = rest + projection?
         self.replay_cache: dict[str, torch.Tensor] = {}  # projection inputs of replayed edits, derived data
+        self.block_inputs: dict[str, torch.Tensor] = {}  # hidden states entering the edited block, per edit of the group
+        self.kwargs_shared: Optional[bool] = None  # fast path: first and edited block get the same extra inputs?
         # WISE-Retrieve: each finished merge group is retired as its own memory with its threshold.
         self.retrieve = retrieve
         self.register_buffer("group_stack", weight.new_zeros((weight.shape[0], 0) if self.conv1d_layout
@@ -256,6 +258,7 @@ class WISELayer(nn.Module):
         self.threshold = self.min_edit_score = None
         self.group_start = self.edits
         self.probes = []
+        self.block_inputs = {}  # rehearsal draws from the active group only
 
     # -- state for restore handles and checkpoints ------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -276,6 +279,7 @@ class WISELayer(nn.Module):
             "group_thresholds": list(self.group_thresholds),
             "group_start": self.group_start,
             "probes": list(self.probes),
+            "block_inputs": dict(self.block_inputs),
         }
 
     @torch.no_grad()
@@ -294,4 +298,5 @@ class WISELayer(nn.Module):
         self.group_thresholds = list(state["group_thresholds"])
         self.group_start = state["group_start"]
         self.probes = list(state.get("probes", []))
+        self.block_inputs = dict(state.get("block_inputs", {}))
         self.cached_choice = None

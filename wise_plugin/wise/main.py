@@ -17,7 +17,7 @@ from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
-from wise_plugin.wise.model import attach, detach, find_layer, input_device, projection_inputs, upper_stack
+from wise_plugin.wise.model import attach, block_inputs, detach, find_layer, input_device, projection_inputs, upper_stack
 from wise_plugin.wise import reuse
 from wise_plugin.wise.trainer import train_edit
 
@@ -42,6 +42,16 @@ def _replay_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str
     lengths = torch.tensor([row.shape[0] for row in rows])
     mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
     return pad_sequence(rows, batch_first=True), mask.to(rows[0].device)
+
+
+def _rehearsed_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: Sequence[str],
+                      block: nn.Module) -> list[torch.Tensor]:
+    """Hidden states entering the edited block for replayed rows: kept on the layer from each
+    edit's own setup (computed alone here only for edits that have none, e.g. from an older
+    checkpoint), so the fast path runs only the new rows through the lower blocks."""
+    missing = [text for text in texts if text not in layer.block_inputs]
+    layer.block_inputs.update(zip(missing, block_inputs(model, block, tok, missing)))
+    return [layer.block_inputs[text] for text in texts]
 
 
 def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
@@ -120,8 +130,12 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
             batch = build_batch(tok, request["prompt"], request["target_new"], layer.prefixes,
                                 hparams.use_chat_template, device, replay)
             loc_acts, loc_mask = _loc_rows(model, layer, tok, request, hparams, lower)
-            result = train_edit(model, layer, stack, batch, loc_acts, loc_mask, hparams)
+            rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
+                if stack is not None and layer.kwargs_shared else []
+            result = train_edit(model, layer, stack, batch, loc_acts, loc_mask, hparams, rehearsed)
             layer.memory.append((request["prompt"], request["target_new"]))
+            if result.block_input is not None:
+                layer.block_inputs[batch.text] = result.block_input
             layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
                               hparams.merge_alg, hparams.densities, hparams.weights,
                               result.probe if hparams.refresh_threshold else None)

@@ -135,6 +135,30 @@ def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[
     return torch.cat(chunks), encoded["attention_mask"].to(chunks[0].device)
 
 
+@torch.no_grad()
+def block_inputs(model: nn.Module, block: nn.Module, tok: Any, texts: Sequence[str]) -> list[torch.Tensor]:
+    """Hidden states entering ``block`` for each text, computed one text at a time so that the
+    values do not depend on which batch asked for them first."""
+    device = input_device(model)
+    found = []
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        found.append((args[0] if args else kwargs["hidden_states"]).detach()[0])
+        raise StopForward
+
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for text in texts:
+            ids = tok(text, return_tensors="pt")["input_ids"].to(device)
+            try:
+                model(input_ids=ids, use_cache=False)
+            except StopForward:
+                pass
+    finally:
+        handle.remove()
+    return found
+
+
 def input_device(model: nn.Module) -> torch.device:
     """Where token ids go: the embedding's device (the first one under ``device_map`` placement)."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None

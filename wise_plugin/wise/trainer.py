@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,10 +31,31 @@ class EditResult:
     act_loss: float
     score: float  # routing score of the bare edit prompt after training
     probe: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # its projection inputs, row and prompt masks
+    block_input: Optional[torch.Tensor] = None  # fast path: hidden states of the bare row entering the edited block
 
 
 def _block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
+
+
+def _split_block_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+    """(hidden states, other positional arguments, keyword arguments) of a decoder block call."""
+    kwargs = dict(kwargs)
+    if args:
+        return args[0].detach(), args[1:], kwargs
+    return kwargs.pop("hidden_states").detach(), (), kwargs
+
+
+def _same_inputs(x: Any, y: Any) -> bool:
+    """Exact equality of nested block arguments (tensors by value, other objects by identity)."""
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                and x.dtype == y.dtype and bool(torch.equal(x, y)))
+    if isinstance(x, (tuple, list)):
+        return type(x) is type(y) and len(x) == len(y) and all(map(_same_inputs, x, y))
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_same_inputs(x[k], y[k]) for k in x)
+    return x is y or (isinstance(x, (bool, int, float, str)) and x == y)
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -120,39 +141,33 @@ class _UpperForward:
     from its cached input instead.
     """
 
-    def __init__(self, model: nn.Module, layer: WISELayer, stack: UpperStack, batch: EditBatch, loc: _LocRows) -> None:
+    def __init__(self, model: nn.Module, layer: WISELayer, stack: UpperStack, batch: EditBatch, loc: _LocRows,
+                 rehearsed: Sequence[torch.Tensor] = ()) -> None:
         self.stack, self.layer, self.loc = stack, layer, loc
         self.real = batch.attention_mask.nonzero(as_tuple=True)  # (rows, positions) of the real tokens
-        captured: dict[str, Any] = {}
-
-        def grab_block_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured["args"], captured["kwargs"] = args, dict(kwargs)
+        lengths = batch.attention_mask.sum(-1).tolist()
+        n_new = len(lengths) - len(rehearsed)
+        # Rows replaying earlier edits enter the edited block as they did before (cached): only the
+        # new rows run through the lower blocks, when the lower and edited blocks take the same inputs.
+        if (rehearsed and n_new > 0 and layer.kwargs_shared
+                and all(row.shape[0] == n for row, n in zip(rehearsed, lengths[n_new:]))):
+            self.hidden, self.rest, self.kwargs = self._with_rehearsed(model, stack, batch, n_new, rehearsed)
+        else:
+            self.hidden, self.rest, self.kwargs = self._lower_forward(model, stack, batch)
+        block = stack.blocks[0]
+        captured: dict[str, torch.Tensor] = {}
 
         def grab_projection(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             captured["a"], captured["proj"] = args[0].detach(), out.detach()
 
-        def grab_block_output(module: nn.Module, args: tuple, out: Any) -> None:
-            captured["out"] = _block_output(out).detach()
-            raise StopForward
-
-        block = stack.blocks[0]
-        handles = [block.register_forward_pre_hook(grab_block_input, with_kwargs=True),
-                   layer.register_forward_hook(grab_projection), block.register_forward_hook(grab_block_output)]
+        handle = layer.register_forward_hook(grab_projection)
         try:
-            with torch.no_grad(), mlp_at(stack.lower, self.real):
-                model(**batch.model_inputs(), use_cache=False)
-        except StopForward:
-            pass
+            with torch.no_grad():
+                out = _block_output(block(self.hidden, *self.rest, **self.kwargs))
         finally:
-            for handle in handles:
-                handle.remove()
-        args, self.kwargs = captured["args"], captured["kwargs"]
-        if args:
-            self.hidden, self.rest = args[0].detach(), args[1:]
-        else:
-            self.hidden, self.rest = self.kwargs.pop("hidden_states").detach(), ()
+            handle.remove()
         self.a = captured["a"]
-        self.residual = captured["out"] - captured["proj"]
+        self.residual = out - captured["proj"]
         if layer.block_is_additive is None:  # a property of the block's code: checked on the first edit
             layer.block_is_additive = self._check_additive(block)
         self.additive = layer.block_is_additive
@@ -168,6 +183,68 @@ class _UpperForward:
         self.labels = batch.labels.to(head.weight.device)
         if self.fused_head:
             self.head_buffer = head.weight.new_empty((self.labels.numel(), head.weight.shape[0]))
+
+    def _lower_forward(self, model: nn.Module, stack: UpperStack,
+                       batch: EditBatch) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+        """Input of the edited block for every row (hidden states, other arguments, keyword arguments).
+
+        On a layer's first edit it also records whether the first lower block receives the same
+        extra arguments (masks, positions) as the edited one, which reusing cached rows relies on.
+        """
+        check = self.layer.kwargs_shared is None and bool(stack.lower)
+        inputs: list[tuple[torch.Tensor, tuple, dict[str, Any]]] = []
+
+        def grab_first(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            inputs.append(_split_block_input(args, kwargs))
+
+        def grab_edited(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            inputs.append(_split_block_input(args, kwargs))
+            raise StopForward
+
+        handles = [stack.blocks[0].register_forward_pre_hook(grab_edited, with_kwargs=True)]
+        if check:
+            handles.append(stack.lower[0].register_forward_pre_hook(grab_first, with_kwargs=True))
+        try:
+            with torch.no_grad(), mlp_at(stack.lower, self.real):
+                model(**batch.model_inputs(), use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        hidden, rest, kwargs = inputs[-1]
+        if check:
+            self.layer.kwargs_shared = _same_inputs(inputs[0][1:], (rest, kwargs))
+        return hidden, rest, kwargs
+
+    def _with_rehearsed(self, model: nn.Module, stack: UpperStack, batch: EditBatch, n_new: int,
+                        rehearsed: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+        """Input of the edited block with the lower blocks run on the new rows only."""
+        inputs: list[tuple[torch.Tensor, tuple, dict[str, Any]]] = []
+
+        def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            inputs.append(_split_block_input(args, kwargs))
+            raise StopForward
+
+        def run(block: nn.Module, inputs_: dict[str, torch.Tensor], where: Sequence[nn.Module]) -> None:
+            handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+            try:
+                with torch.no_grad(), mlp_at(where, inputs_["attention_mask"].nonzero(as_tuple=True)):
+                    model(**inputs_, use_cache=False)
+            except StopForward:
+                pass
+            finally:
+                handle.remove()
+
+        run(stack.blocks[0], {"input_ids": batch.input_ids[:n_new], "attention_mask": batch.attention_mask[:n_new]},
+            stack.lower)
+        run(stack.lower[0], batch.model_inputs(), ())  # masks and positions for all rows, before any block runs
+        (new_rows, _, _), (_, rest, kwargs) = inputs
+        hidden = new_rows.new_zeros((batch.input_ids.shape[0], *new_rows.shape[1:]))
+        hidden[:n_new] = new_rows
+        for row, cached in enumerate(rehearsed, start=n_new):
+            hidden[row, :cached.shape[0]] = cached.to(hidden)
+        return hidden, rest, kwargs
 
     @torch.no_grad()
     def _check_additive(self, block: nn.Module) -> bool:
@@ -251,14 +328,16 @@ def activation_loss(s_edit: torch.Tensor, s_loc: torch.Tensor, alpha: float, bet
 
 
 def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], batch: EditBatch,
-               loc_acts: torch.Tensor, loc_mask: torch.Tensor, hparams: WISEHyperParams) -> EditResult:
+               loc_acts: torch.Tensor, loc_mask: torch.Tensor, hparams: WISEHyperParams,
+               rehearsed: Sequence[torch.Tensor] = ()) -> EditResult:
     """Train the side memory on one edit until the loss is small or ``n_iter`` is reached.
 
     ``loc_acts``/``loc_mask`` are cached projection inputs of irrelevant texts: their routing
     scores need no forward pass, so many of them can constrain every step at little cost.
     """
     loc = _LocRows(loc_acts, loc_mask)
-    forward = _UpperForward(model, layer, stack, batch, loc) if stack is not None else _FullForward(model, layer, loc)
+    forward = _UpperForward(model, layer, stack, batch, loc, rehearsed) if stack is not None else \
+        _FullForward(model, layer, loc)
     frozen = [p for p in model.parameters() if p.requires_grad]  # no weight gradients for the base model
     for param in frozen:
         param.requires_grad_(False)
@@ -297,6 +376,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
         real = batch.attention_mask[0].bool()
         probe = (layer.last_inputs[0][real.to(layer.last_inputs.device)].detach().clone(),
                  batch.edit_mask[0][real], batch.prompt_mask[0][real])
+        block_input = forward.hidden[0][real.to(forward.hidden.device)].clone() if isinstance(forward, _UpperForward) else None
     finally:
         for param in frozen:
             param.requires_grad_(True)
@@ -306,4 +386,4 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
         layer.last_scores = layer.last_inputs = None
     logger.debug("edit trained in %d iterations: edit loss %.4f, act loss %.4f, score %.3f",
                  iterations, edit_loss, act_loss, score)
-    return EditResult(iterations, edit_loss, act_loss, score, probe)
+    return EditResult(iterations, edit_loss, act_loss, score, probe, block_input)
