@@ -65,6 +65,7 @@ def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, ret
     save_checkpoint(first, str(tmp_path), hparams.inner_params[0])
     meta = json.loads((tmp_path / "wise_state.json").read_text())
     assert meta["edits"] == 3 and meta["n_shard_deltas"] == 1 and len(meta["memory"]) == 3
+    assert len(meta["block_input_texts"]) == 3  # the fast path rehearses the active group's edits from these
     loaded = copy.deepcopy(tiny)
     load_checkpoint(loaded, str(tmp_path), hparams.inner_params[0])
     assert find_layer(loaded).route_by == hparams.route_by  # a loaded model routes as the saved one did
