@@ -47,10 +47,11 @@ def _split_block_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, 
 
 
 def _same_inputs(x: Any, y: Any) -> bool:
-    """Exact equality of nested block arguments (tensors by value, other objects by identity)."""
+    """Exact equality of nested block arguments (tensors by value, on any device; other objects by
+    identity or value)."""
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
         return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
-                and x.dtype == y.dtype and bool(torch.equal(x, y)))
+                and x.dtype == y.dtype and bool(torch.equal(x.to(y.device), y)))
     if isinstance(x, (tuple, list)):
         return type(x) is type(y) and len(x) == len(y) and all(map(_same_inputs, x, y))
     if isinstance(x, dict):
