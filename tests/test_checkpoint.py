@@ -69,6 +69,7 @@ def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, ret
     loaded = copy.deepcopy(tiny)
     load_checkpoint(loaded, str(tmp_path), hparams.inner_params[0])
     assert find_layer(loaded).route_by == hparams.route_by  # a loaded model routes as the saved one did
+    assert find_layer(loaded).kwargs_shared is True  # its next edit reuses the stored rehearsal states at once
 
     resumed = copy.deepcopy(tiny)  # a model that never saw the first three edits
     hparams.load_path = str(tmp_path)

@@ -49,6 +49,9 @@ def save_checkpoint(model: nn.Module, path: str, inner_param: str) -> str:
         "min_edit_score": state["min_edit_score"], "threshold": state["threshold"],
         "retrieve": layer.retrieve, "route_by": layer.route_by, "group_thresholds": state["group_thresholds"],
         "group_start": state["group_start"], "prefixes": layer.prefixes, "memory": [list(item) for item in state["memory"]],
+        # fast path: whether rehearsed rows may come from the stored hidden states (so a resumed
+        # edit takes the same path as an uninterrupted one)
+        "kwargs_shared": layer.kwargs_shared,
     }
     return write_checkpoint(path, STEM, tensors, meta)
 
@@ -67,6 +70,7 @@ def load_checkpoint(model: nn.Module, path: str, inner_param: str) -> None:
     cast = lambda name: tensors[name].to(device=device, dtype=dtype)  # noqa: E731
     layer.mask_ratio, layer.seed, layer.prefixes = meta["mask_ratio"], meta["seed"], meta["prefixes"]
     layer.route_by = meta.get("route_by", "score")  # checkpoints before route_by routed by score
+    layer.kwargs_shared = meta.get("kwargs_shared")
     layer.restore({
         "side_weight": cast("side_weight"), "side_base": cast("side_base"),
         "shard_start": cast("shard_start") if "shard_start" in tensors else None,
