@@ -105,6 +105,36 @@ def mlp_at(blocks: Sequence[nn.Module], where: tuple[torch.Tensor, torch.Tensor]
             handle.remove()
 
 
+BlockCall = tuple[torch.Tensor, tuple, dict[str, Any]]  # hidden states, other arguments, keyword arguments
+
+
+@torch.no_grad()
+def block_calls(model: nn.Module, blocks: Sequence[nn.Module], inputs: dict[str, torch.Tensor],
+                lower: Sequence[nn.Module] = ()) -> list[BlockCall]:
+    """What each of ``blocks`` receives when ``model`` runs on ``inputs``; the forward stops before
+    the last of them runs. ``lower`` blocks run their MLPs on real tokens only."""
+    calls: list[BlockCall] = []
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        calls.append((hidden.detach(), args[1:], kwargs))
+        if module is blocks[-1]:
+            raise StopForward
+
+    handles = [block.register_forward_pre_hook(grab, with_kwargs=True) for block in blocks]
+    mask = inputs.get("attention_mask")
+    try:
+        with mlp_at(lower, mask.nonzero(as_tuple=True)) if mask is not None else contextlib.nullcontext():
+            model(**inputs, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
 @torch.no_grad()
 def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str], batch_size: int = 32,
                       lower: Sequence[nn.Module] = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,48 +145,21 @@ def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[
     """
     device = input_device(model)
     encoded = tok(list(texts), padding=True, return_tensors="pt", padding_side="right").to(device)
-    chunks = []
-
-    def grab(module: nn.Module, args: tuple) -> None:
-        chunks.append(args[0].detach())
-        raise StopForward
-
-    handle = layer.register_forward_pre_hook(grab)
-    try:
-        for start in range(0, len(texts), batch_size):
-            mask = encoded["attention_mask"][start:start + batch_size]
-            try:
-                with mlp_at(lower, mask.nonzero(as_tuple=True)):
-                    model(input_ids=encoded["input_ids"][start:start + batch_size], attention_mask=mask, use_cache=False)
-            except StopForward:
-                pass
-    finally:
-        handle.remove()
+    chunks = [block_calls(model, [layer], {"input_ids": encoded["input_ids"][start:start + batch_size],
+                                           "attention_mask": encoded["attention_mask"][start:start + batch_size]},
+                          lower)[0][0] for start in range(0, len(texts), batch_size)]
     return torch.cat(chunks), encoded["attention_mask"].to(chunks[0].device)
 
 
-@torch.no_grad()
 def block_inputs(model: nn.Module, block: nn.Module, tok: Any, texts: Sequence[str]) -> list[torch.Tensor]:
     """Hidden states entering ``block`` for each text, computed one text at a time so that the
     values do not depend on which batch asked for them first."""
     device = input_device(model)
-    found = []
-
-    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        found.append((args[0] if args else kwargs["hidden_states"]).detach()[0])
-        raise StopForward
-
-    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for text in texts:
-            ids = tok(text, return_tensors="pt")["input_ids"].to(device)
-            try:
-                model(input_ids=ids, use_cache=False)
-            except StopForward:
-                pass
-    finally:
-        handle.remove()
-    return found
+    rows = []
+    for text in texts:
+        ids = tok(text, return_tensors="pt")["input_ids"].to(device)
+        rows.append(block_calls(model, [block], {"input_ids": ids})[0][0][0])
+    return rows
 
 
 def input_device(model: nn.Module) -> torch.device:

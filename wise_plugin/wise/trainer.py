@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import EditBatch
 from wise_plugin.wise.layer import WISELayer
-from wise_plugin.wise.model import StopForward, UpperStack, mlp_at
+from wise_plugin.wise.model import BlockCall, UpperStack, block_calls, mlp_at
 
 logger = logging.getLogger("wise_plugin.wise")
 
@@ -36,14 +36,6 @@ class EditResult:
 
 def _block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
-
-
-def _split_block_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
-    """(hidden states, other positional arguments, keyword arguments) of a decoder block call."""
-    kwargs = dict(kwargs)
-    if args:
-        return args[0].detach(), args[1:], kwargs
-    return kwargs.pop("hidden_states").detach(), (), kwargs
 
 
 def _same_inputs(x: Any, y: Any) -> bool:
@@ -185,62 +177,25 @@ class _UpperForward:
         if self.fused_head:
             self.head_buffer = head.weight.new_empty((self.labels.numel(), head.weight.shape[0]))
 
-    def _lower_forward(self, model: nn.Module, stack: UpperStack,
-                       batch: EditBatch) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+    def _lower_forward(self, model: nn.Module, stack: UpperStack, batch: EditBatch) -> BlockCall:
         """Input of the edited block for every row (hidden states, other arguments, keyword arguments).
 
         On a layer's first edit it also records whether the first lower block receives the same
         extra arguments (masks, positions) as the edited one, which reusing cached rows relies on.
         """
         check = self.layer.kwargs_shared is None and bool(stack.lower)
-        inputs: list[tuple[torch.Tensor, tuple, dict[str, Any]]] = []
-
-        def grab_first(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            inputs.append(_split_block_input(args, kwargs))
-
-        def grab_edited(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            inputs.append(_split_block_input(args, kwargs))
-            raise StopForward
-
-        handles = [stack.blocks[0].register_forward_pre_hook(grab_edited, with_kwargs=True)]
+        blocks = [stack.lower[0], stack.blocks[0]] if check else [stack.blocks[0]]
+        calls = block_calls(model, blocks, batch.model_inputs(), stack.lower)
         if check:
-            handles.append(stack.lower[0].register_forward_pre_hook(grab_first, with_kwargs=True))
-        try:
-            with torch.no_grad(), mlp_at(stack.lower, self.real):
-                model(**batch.model_inputs(), use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        hidden, rest, kwargs = inputs[-1]
-        if check:
-            self.layer.kwargs_shared = _same_inputs(inputs[0][1:], (rest, kwargs))
-        return hidden, rest, kwargs
+            self.layer.kwargs_shared = _same_inputs(calls[0][1:], calls[-1][1:])
+        return calls[-1]
 
     def _with_rehearsed(self, model: nn.Module, stack: UpperStack, batch: EditBatch, n_new: int,
-                        rehearsed: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+                        rehearsed: Sequence[torch.Tensor]) -> BlockCall:
         """Input of the edited block with the lower blocks run on the new rows only."""
-        inputs: list[tuple[torch.Tensor, tuple, dict[str, Any]]] = []
-
-        def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            inputs.append(_split_block_input(args, kwargs))
-            raise StopForward
-
-        def run(block: nn.Module, inputs_: dict[str, torch.Tensor], where: Sequence[nn.Module]) -> None:
-            handle = block.register_forward_pre_hook(grab, with_kwargs=True)
-            try:
-                with torch.no_grad(), mlp_at(where, inputs_["attention_mask"].nonzero(as_tuple=True)):
-                    model(**inputs_, use_cache=False)
-            except StopForward:
-                pass
-            finally:
-                handle.remove()
-
-        run(stack.blocks[0], {"input_ids": batch.input_ids[:n_new], "attention_mask": batch.attention_mask[:n_new]},
-            stack.lower)
-        run(stack.lower[0], batch.model_inputs(), ())  # masks and positions for all rows, before any block runs
-        (new_rows, _, _), (_, rest, kwargs) = inputs
+        new_inputs = {"input_ids": batch.input_ids[:n_new], "attention_mask": batch.attention_mask[:n_new]}
+        new_rows = block_calls(model, [stack.blocks[0]], new_inputs, stack.lower)[0][0]
+        _, rest, kwargs = block_calls(model, [stack.lower[0]], batch.model_inputs())[0]  # masks, positions of all rows
         hidden = new_rows.new_zeros((batch.input_ids.shape[0], *new_rows.shape[1:]))
         hidden[:n_new] = new_rows
         for row, cached in enumerate(rehearsed, start=n_new):
