@@ -135,7 +135,7 @@ def test_missing_model_folder(smollm2_hparams):
 
 
 def test_request_loc_prompt_joins_the_pool_rows(smollm2, smollm2_hparams):
-    from wise_plugin.wise.main import _loc_rows
+    from wise_plugin.wise.main import _draw_loc, _loc_rows
     from wise_plugin.wise.model import projection_inputs, upper_stack
 
     model, tok = smollm2
@@ -143,7 +143,8 @@ def test_request_loc_prompt_joins_the_pool_rows(smollm2, smollm2_hparams):
     layer = find_layer(model)
     text = "nq question: who wrote the opera carmen Georges Bizet"
     lower = upper_stack(model, smollm2_hparams.inner_params[0]).lower  # MLPs skip padding: same inputs
-    acts, mask = _loc_rows(model, layer, tok, dict(request(1), loc_prompt=text), smollm2_hparams, lower)
+    draw = _draw_loc(layer, dict(request(1), loc_prompt=text), smollm2_hparams)
+    acts, mask = _loc_rows(model, layer, tok, draw, lower)
     assert acts.shape[0] == smollm2_hparams.n_loc + 1
     own, own_mask = projection_inputs(model, layer, tok, [text])
     length = int(own_mask.sum())

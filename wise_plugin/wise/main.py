@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from wise_plugin.hparams import HParamsError
 from wise_plugin.restore import RestoreHandle, check_request, editing
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
@@ -54,28 +56,58 @@ def _rehearsed_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: Seque
     return [layer.block_inputs[text] for text in texts]
 
 
-def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any],
-              hparams: WISEHyperParams, lower: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projection inputs of the irrelevant rows for one edit: pool draws, the request's own
-    ``loc_prompt`` when the host passes one (source-repo EasyEdit's ``loc_prompts``), and with
-    ``retrieve`` + ``replay`` stored edits of earlier groups, which the new memory must not claim."""
+@dataclass
+class LocDraw:
+    """The irrelevant rows that constrain one edit: pool rows by index, and texts (the request's own
+    ``loc_prompt``, stored edits of earlier groups)."""
+
+    pool_rows: list[int]
+    given: list[str]
+    replayed: list[str]
+
+
+def _draw_loc(layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParams) -> LocDraw:
+    """Pool draws, the request's own ``loc_prompt`` when the host passes one (source-repo EasyEdit's
+    ``loc_prompts``), and with ``retrieve`` + ``replay`` stored edits of earlier groups, which the new
+    memory must not claim."""
     rows = pick_pool_rows(layer.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.edits)
-    parts = [(layer.pool_acts[rows], layer.pool_mask[rows])]
-    extra = []
     given = request.get("loc_prompt")
-    if given:
-        extra += [given] if isinstance(given, str) else list(given)
-    if extra:
-        parts.append(projection_inputs(model, layer, tok, extra, lower=lower))
+    given = ([given] if isinstance(given, str) else list(given)) if given else []
     earlier = layer.memory[:layer.group_start]
+    replayed = []
     if hparams.retrieve and hparams.replay and earlier:
         drawn = random.Random(hparams.seed - layer.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
-        parts.append(_replay_inputs(model, layer, tok, [f"{prompt} {target}" for prompt, target in drawn], lower))
+        replayed = [f"{prompt} {target}" for prompt, target in drawn]
+    return LocDraw(rows, given, replayed)
+
+
+def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, draw: LocDraw,
+              lower: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast path: projection inputs of the drawn irrelevant rows, from the pool and replay caches."""
+    parts = [(layer.pool_acts[draw.pool_rows], layer.pool_mask[draw.pool_rows])]
+    if draw.given:
+        parts.append(projection_inputs(model, layer, tok, draw.given, lower=lower))
+    if draw.replayed:
+        parts.append(_replay_inputs(model, layer, tok, draw.replayed, lower))
     width = max(int(mask.sum(-1).max()) for _, mask in parts)  # padding past every real token is dropped
     parts = [(acts[:, :width], mask[:, :width]) for acts, mask in parts]
     acts = torch.cat([F.pad(a, (0, 0, 0, width - a.shape[1])) for a, _ in parts])
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
     return acts, mask
+
+
+def _loc_tokens(layer: WISELayer, tok: Any, draw: LocDraw, hparams: WISEHyperParams,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Reference path: the drawn irrelevant rows as token ids (right padded), to run through the model."""
+    pool = load_loc_pool(hparams.loc_pool)
+    if len(pool) != layer.pool_acts.shape[0]:
+        raise HParamsError(
+            f"loc_pool has {len(pool)} texts but this side memory was built with {layer.pool_acts.shape[0]}; "
+            "use the loc_pool the memory was built (or saved) with."
+        )
+    texts = [pool[row] for row in draw.pool_rows] + draw.given + draw.replayed
+    encoded = tok(texts, padding=True, return_tensors="pt", padding_side="right").to(device)
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
 def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hparams: WISEHyperParams,
@@ -129,10 +161,14 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
             replay = random.Random(hparams.seed + layer.edits).sample(group, k=min(hparams.rehearse, len(group)))
             batch = build_batch(tok, request["prompt"], request["target_new"], layer.prefixes,
                                 hparams.use_chat_template, device, replay)
-            loc_acts, loc_mask = _loc_rows(model, layer, tok, request, hparams, lower)
-            rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
-                if stack is not None and layer.kwargs_shared else []
-            result = train_edit(model, layer, stack, batch, loc_acts, loc_mask, hparams, rehearsed)
+            draw = _draw_loc(layer, request, hparams)
+            if stack is not None:
+                rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
+                    if layer.kwargs_shared else []
+                result = train_edit(model, layer, stack, batch, _loc_rows(model, layer, tok, draw, lower), hparams,
+                                    rehearsed)
+            else:
+                result = train_edit(model, layer, None, batch, _loc_tokens(layer, tok, draw, hparams, device), hparams)
             layer.memory.append((request["prompt"], request["target_new"]))
             if result.block_input is not None:
                 layer.block_inputs[batch.text] = result.block_input

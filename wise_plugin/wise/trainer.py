@@ -110,18 +110,27 @@ def edit_scores(scores: torch.Tensor, batch: EditBatch) -> torch.Tensor:
 
 
 class _FullForward:
-    """The reference path: the whole model every iteration."""
+    """The reference path: every row the loss reads (edit, rehearsed and irrelevant rows) runs
+    through the whole model every iteration, as one right-padded batch; nothing is cached."""
 
-    def __init__(self, model: nn.Module, layer: WISELayer, loc: _LocRows) -> None:
-        self.model, self.layer, self.loc = model, layer, loc
+    def __init__(self, model: nn.Module, layer: WISELayer, batch: EditBatch, loc_inputs: dict[str, torch.Tensor]) -> None:
+        self.model, self.layer = model, layer
+        self.rows, width = batch.input_ids.shape
+        full = max(width, loc_inputs["input_ids"].shape[1])
+        self.inputs = {key: torch.cat([F.pad(batch.model_inputs()[key], (0, full - width)),
+                                       F.pad(loc_inputs[key].to(batch.input_ids.device), (0, full - loc_inputs[key].shape[1]))])
+                       for key in ("input_ids", "attention_mask")}
+        self.loc_mask = self.inputs["attention_mask"][self.rows:]
 
     def __call__(self, batch: EditBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-entropy of every target token, routing scores of the edit rows and of the irrelevant rows."""
-        logits = self.model(**batch.model_inputs(), use_cache=False).logits
+        logits = self.model(**self.inputs, use_cache=False).logits
         picked = logits[batch.label_rows, batch.label_positions].float()
         token_ce = F.cross_entropy(picked, batch.labels.to(picked.device), reduction="none")
-        assert self.layer.last_scores is not None
-        return token_ce, edit_scores(self.layer.last_scores, batch), self.loc.means(self.layer.token_scores(self.loc.tokens))
+        scores = self.layer.last_scores
+        assert scores is not None
+        width = batch.input_ids.shape[1]
+        return token_ce, edit_scores(scores[:self.rows, :width], batch), _row_means(scores[self.rows:], self.loc_mask)
 
 
 class _UpperForward:
@@ -154,11 +163,13 @@ class _UpperForward:
             captured["a"], captured["proj"] = args[0].detach(), out.detach()
 
         handle = layer.register_forward_hook(grab_projection)
+        layer.editing = True  # one product (the memory being trained), not every stored memory's routing
         try:
             with torch.no_grad():
                 out = _block_output(block(self.hidden, *self.rest, **self.kwargs))
         finally:
             handle.remove()
+            layer.editing = False
         self.a = captured["a"]
         self.residual = out - captured["proj"]
         if layer.block_is_additive is None:  # a property of the block's code: checked on the first edit
@@ -284,16 +295,21 @@ def activation_loss(s_edit: torch.Tensor, s_loc: torch.Tensor, alpha: float, bet
 
 
 def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], batch: EditBatch,
-               loc_acts: torch.Tensor, loc_mask: torch.Tensor, hparams: WISEHyperParams,
+               loc: tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor], hparams: WISEHyperParams,
                rehearsed: Sequence[torch.Tensor] = ()) -> EditResult:
     """Train the side memory on one edit until the loss is small or ``n_iter`` is reached.
 
-    ``loc_acts``/``loc_mask`` are cached projection inputs of irrelevant texts: their routing
-    scores need no forward pass, so many of them can constrain every step at little cost.
+    ``loc`` holds the irrelevant rows. With ``stack`` (fast path) it is their cached projection
+    inputs and token mask: their routing scores need no forward pass, so many of them can constrain
+    every step at little cost. Without it (reference path) it is their token ids and attention
+    mask, run through the whole model with the edit rows every iteration.
     """
-    loc = _LocRows(loc_acts, loc_mask)
-    forward = _UpperForward(model, layer, stack, batch, loc, rehearsed) if stack is not None else \
-        _FullForward(model, layer, loc)
+    if stack is not None:
+        assert isinstance(loc, tuple), "the fast path takes the irrelevant rows' projection inputs"
+        forward: _UpperForward | _FullForward = _UpperForward(model, layer, stack, batch, _LocRows(*loc), rehearsed)
+    else:
+        assert isinstance(loc, dict), "the reference path takes the irrelevant rows' token ids"
+        forward = _FullForward(model, layer, batch, loc)
     frozen = [p for p in model.parameters() if p.requires_grad]  # no weight gradients for the base model
     for param in frozen:
         param.requires_grad_(False)
@@ -324,7 +340,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             if isinstance(forward, _UpperForward):
                 layer.edit_delta(forward.a)
             else:
-                forward(batch)
+                model(**batch.model_inputs(), use_cache=False)
             assert layer.last_scores is not None
             s_edit = edit_scores(layer.last_scores, batch)
         n = batch.input_ids.shape[0]
