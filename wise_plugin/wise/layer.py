@@ -46,6 +46,7 @@ class WISELayer(nn.Module):
         self.min_edit_score: Optional[float] = None
         self.threshold: Optional[float] = None
         self.prefixes: Optional[list[str]] = None  # model-generated prompt prefixes, made once per model
+        self.pool_texts: tuple[str, ...] = ()  # the irrelevant-text pool (the reference path tokenises it)
         self.pool_acts: Optional[torch.Tensor] = None  # projection inputs of the irrelevant-text pool
         self.pool_mask: Optional[torch.Tensor] = None
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal

@@ -13,7 +13,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from wise_plugin.hparams import HParamsError
 from wise_plugin.restore import RestoreHandle, check_request, editing
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
@@ -96,16 +95,9 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, draw: LocDraw,
     return acts, mask
 
 
-def _loc_tokens(layer: WISELayer, tok: Any, draw: LocDraw, hparams: WISEHyperParams,
-                device: torch.device) -> dict[str, torch.Tensor]:
+def _loc_tokens(layer: WISELayer, tok: Any, draw: LocDraw, device: torch.device) -> dict[str, torch.Tensor]:
     """Reference path: the drawn irrelevant rows as token ids (right padded), to run through the model."""
-    pool = load_loc_pool(hparams.loc_pool)
-    if len(pool) != layer.pool_acts.shape[0]:
-        raise HParamsError(
-            f"loc_pool has {len(pool)} texts but this side memory was built with {layer.pool_acts.shape[0]}; "
-            "use the loc_pool the memory was built (or saved) with."
-        )
-    texts = [pool[row] for row in draw.pool_rows] + draw.given + draw.replayed
+    texts = [layer.pool_texts[row] for row in draw.pool_rows] + draw.given + draw.replayed
     encoded = tok(texts, padding=True, return_tensors="pt", padding_side="right").to(device)
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
@@ -126,7 +118,7 @@ def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hpara
         reuse.store(key, prefixes, pool_acts, pool_mask)
     if layer.prefixes is None:
         layer.prefixes = prefixes
-    layer.pool_acts, layer.pool_mask = pool_acts, pool_mask
+    layer.pool_texts, layer.pool_acts, layer.pool_mask = pool, pool_acts, pool_mask
 
 
 def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: WISEHyperParams,
@@ -168,7 +160,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
                 result = train_edit(model, layer, stack, batch, _loc_rows(model, layer, tok, draw, lower), hparams,
                                     rehearsed)
             else:
-                result = train_edit(model, layer, None, batch, _loc_tokens(layer, tok, draw, hparams, device), hparams)
+                result = train_edit(model, layer, None, batch, _loc_tokens(layer, tok, draw, device), hparams)
             layer.memory.append((request["prompt"], request["target_new"]))
             if result.block_input is not None:
                 layer.block_inputs[batch.text] = result.block_input
