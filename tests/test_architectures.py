@@ -3,7 +3,8 @@
 The tiny model is built from the architecture's config class with enough blocks for the YAML's
 layer index plus one above it, so the edit goes through exactly the module path the YAML names and the
 fast path runs a block above the edited one. The fast path
-(cached lower blocks) and the reference path (full model every iteration) must agree.
+(cached lower blocks) and the reference path (every row through the full model every iteration)
+must agree.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2Tokenizer, GPTJC
 from conftest import HPARAMS_DIR
 from wise_plugin import WISEHyperParams, apply_wise_to_model
 from wise_plugin.wise import find_layer
+from wise_plugin.wise import main as wise_main
 from wise_plugin.wise.data import build_batch
 from wise_plugin.wise.model import module_path, upper_stack
 from wise_plugin.wise.trainer import _LocRows, _UpperForward
@@ -114,6 +116,23 @@ def test_rehearsed_rows_from_the_cache_match_the_reference_path(name, tok):
     torch.testing.assert_close(find_layer(reference_model).side_weight, layer.side_weight, rtol=1e-4, atol=1e-5)
 
 
+def test_layout_unknown_to_the_fast_path_runs_the_full_model(tok, monkeypatch, caplog):
+    """Without a recognised block layout an edit runs the whole model on its rows every iteration,
+    scores the irrelevant rows from their cached inputs, and ends where the fast path ends."""
+    hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "llama-2-7b.yaml"))
+    hparams.inner_params = ["model.layers[1].mlp.down_proj.weight"]
+    hparams.n_iter, hparams.n_prefixes, hparams.use_chat_template = 4, 2, False
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama-2-7b", 3)).eval()
+    fallback_model = copy.deepcopy(model)
+    apply_wise_to_model(model, tok, [dict(REQUEST)], hparams)
+    monkeypatch.setattr(wise_main, "upper_stack", lambda *args: None)
+    with caplog.at_level("WARNING", logger="wise_plugin.wise"):
+        apply_wise_to_model(fallback_model, tok, [dict(REQUEST)], hparams)
+    assert "fast path unavailable for LlamaForCausalLM" in caplog.text
+    torch.testing.assert_close(find_layer(fallback_model).side_weight, find_layer(model).side_weight, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_model_keeps_its_dtype(tok, dtype):
     hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "llama-2-7b.yaml"))
@@ -133,8 +152,6 @@ def test_half_precision_model_keeps_its_dtype(tok, dtype):
 
 def test_setup_is_reused_only_for_a_model_with_the_same_weights(tok, monkeypatch):
     """A rebuilt unedited model reuses prefixes and pool inputs (same edit); changed weights do not."""
-    import wise_plugin.wise.main as wise_main
-
     hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "llama-2-7b.yaml"))
     hparams.inner_params = ["model.layers[1].mlp.down_proj.weight"]
     hparams.n_iter, hparams.n_prefixes, hparams.use_chat_template = 4, 2, False

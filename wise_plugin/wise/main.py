@@ -144,7 +144,8 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         _setup(model, layer, tok, inner_param, hparams, lower)
     stack = layout if hparams.fast_path else None
     if hparams.fast_path and stack is None:
-        logger.warning("fast path unavailable for %s; running the full model every iteration", type(model).__name__)
+        logger.warning("fast path unavailable for %s; running the full model on the edit rows every iteration",
+                       type(model).__name__)
     device = input_device(model)
     with editing(model, handle):
         for request in requests:
@@ -159,6 +160,8 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
                     if layer.kwargs_shared else []
                 result = train_edit(model, layer, stack, batch, _loc_rows(model, layer, tok, draw, lower), hparams,
                                     rehearsed)
+            elif hparams.fast_path:  # a layout the fast path does not know: full model, cached irrelevant rows
+                result = train_edit(model, layer, None, batch, _loc_rows(model, layer, tok, draw, lower), hparams)
             else:
                 result = train_edit(model, layer, None, batch, _loc_tokens(layer, tok, draw, device), hparams)
             layer.memory.append((request["prompt"], request["target_new"]))

@@ -110,17 +110,20 @@ def edit_scores(scores: torch.Tensor, batch: EditBatch) -> torch.Tensor:
 
 
 class _FullForward:
-    """The reference path: every row the loss reads (edit, rehearsed and irrelevant rows) runs
-    through the whole model every iteration, as one right-padded batch; nothing is cached."""
+    """The whole model every iteration. As the reference path it gets the irrelevant rows as token
+    ids and runs them with the edit rows as one right-padded batch, so nothing is cached; for a
+    layout the fast path does not know it gets their cached projection inputs and scores those."""
 
-    def __init__(self, model: nn.Module, layer: WISELayer, batch: EditBatch, loc_inputs: dict[str, torch.Tensor]) -> None:
-        self.model, self.layer = model, layer
+    def __init__(self, model: nn.Module, layer: WISELayer, batch: EditBatch,
+                 loc: _LocRows | dict[str, torch.Tensor]) -> None:
+        self.model, self.layer, self.loc = model, layer, loc
         self.rows, width = batch.input_ids.shape
-        full = max(width, loc_inputs["input_ids"].shape[1])
-        self.inputs = {key: torch.cat([F.pad(batch.model_inputs()[key], (0, full - width)),
-                                       F.pad(loc_inputs[key].to(batch.input_ids.device), (0, full - loc_inputs[key].shape[1]))])
-                       for key in ("input_ids", "attention_mask")}
-        self.loc_mask = self.inputs["attention_mask"][self.rows:]
+        self.inputs = batch.model_inputs()
+        if isinstance(loc, dict):
+            full = max(width, loc["input_ids"].shape[1])
+            self.inputs = {key: torch.cat([F.pad(self.inputs[key], (0, full - width)),
+                                           F.pad(loc[key].to(batch.input_ids.device), (0, full - loc[key].shape[1]))])
+                           for key in ("input_ids", "attention_mask")}
 
     def __call__(self, batch: EditBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-entropy of every target token, routing scores of the edit rows and of the irrelevant rows."""
@@ -129,8 +132,10 @@ class _FullForward:
         token_ce = F.cross_entropy(picked, batch.labels.to(picked.device), reduction="none")
         scores = self.layer.last_scores
         assert scores is not None
-        width = batch.input_ids.shape[1]
-        return token_ce, edit_scores(scores[:self.rows, :width], batch), _row_means(scores[self.rows:], self.loc_mask)
+        s_edit = edit_scores(scores[:self.rows, :batch.input_ids.shape[1]], batch)
+        if isinstance(self.loc, _LocRows):
+            return token_ce, s_edit, self.loc.means(self.layer.token_scores(self.loc.tokens))
+        return token_ce, s_edit, _row_means(scores[self.rows:], self.inputs["attention_mask"][self.rows:])
 
 
 class _UpperForward:
@@ -299,17 +304,17 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
                rehearsed: Sequence[torch.Tensor] = ()) -> EditResult:
     """Train the side memory on one edit until the loss is small or ``n_iter`` is reached.
 
-    ``loc`` holds the irrelevant rows. With ``stack`` (fast path) it is their cached projection
-    inputs and token mask: their routing scores need no forward pass, so many of them can constrain
-    every step at little cost. Without it (reference path) it is their token ids and attention
-    mask, run through the whole model with the edit rows every iteration.
+    ``loc`` holds the irrelevant rows: their cached projection inputs and token mask (their routing
+    scores then need no forward pass, so many of them can constrain every step at little cost), or,
+    for the reference path (no ``stack``), their token ids and attention mask, run through the
+    whole model with the edit rows every iteration.
     """
+    rows = _LocRows(*loc) if isinstance(loc, tuple) else loc
     if stack is not None:
-        assert isinstance(loc, tuple), "the fast path takes the irrelevant rows' projection inputs"
-        forward: _UpperForward | _FullForward = _UpperForward(model, layer, stack, batch, _LocRows(*loc), rehearsed)
+        assert isinstance(rows, _LocRows), "the fast path takes the irrelevant rows' projection inputs"
+        forward: _UpperForward | _FullForward = _UpperForward(model, layer, stack, batch, rows, rehearsed)
     else:
-        assert isinstance(loc, dict), "the reference path takes the irrelevant rows' token ids"
-        forward = _FullForward(model, layer, batch, loc)
+        forward = _FullForward(model, layer, batch, rows)
     frozen = [p for p in model.parameters() if p.requires_grad]  # no weight gradients for the base model
     for param in frozen:
         param.requires_grad_(False)
