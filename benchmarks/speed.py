@@ -4,7 +4,8 @@
 
 Writes <out>.json and <out>.md. Edits are ZsRE records from ../shared/data, made one by one with
 the repository's SmolLM2 YAML; the fast and the reference path edit the same records from the
-same model. Inference overhead is the median forward time of a batch of prompts through the
+same model (the reference caches nothing: every row the loss reads, irrelevant rows included, runs
+through the full model every iteration). Inference overhead is the median forward time of a batch of prompts through the
 edited model divided by that of the unedited model, timed alternately in the same process:
 WISE-Merge (4 edits, two shards merged into one memory) and WISE-Retrieve with 1, 4 and 16 memories.
 """
