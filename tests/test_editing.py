@@ -152,6 +152,23 @@ def test_request_loc_prompt_joins_the_pool_rows(smollm2, smollm2_hparams):
     assert int(mask[-1].sum()) == length
 
 
+def test_generate_routes_the_prompt_once_and_keeps_its_memory(smollm2, smollm2_hparams):
+    """With a KV cache the generated tokens keep the memory chosen on the prompt (whatever name the
+    installed transformers gives the cache argument)."""
+    model, tok = smollm2
+    apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
+    layer = find_layer(model)
+    calls = []
+    handle = layer.register_forward_hook(lambda *_: calls.append((layer.continuing, layer.cached_choice.tolist())))
+    try:
+        model.generate(**tok(EDITS[0]["prompt"], return_tensors="pt"), max_new_tokens=3, do_sample=False,
+                       pad_token_id=tok.eos_token_id)
+    finally:
+        handle.remove()
+    assert [continuing for continuing, _ in calls] == [False, True, True]
+    assert calls[0][1] == [0] and all(choice == [0] for _, choice in calls)  # the edit's memory throughout
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_mixed_batch_rows_match_running_each_alone(smollm2, smollm2_hparams, side):
     model, tok = smollm2

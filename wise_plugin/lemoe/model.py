@@ -11,7 +11,7 @@ from torch import nn
 
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.layer import LEMoELayer, pool
-from wise_plugin.wise.model import StopForward, UpperStack, input_device, locate, upper_stack
+from wise_plugin.wise.model import StopForward, UpperStack, cached_length, input_device, locate, upper_stack
 
 __all__ = ["attach", "detach", "find_layer", "resolve", "pooled_embeddings", "CachedForward", "input_device"]
 
@@ -41,9 +41,7 @@ def _routing_pre_hook(layer: LEMoELayer, embeddings: nn.Module):
     continues a cached generation (then the prompt's expert choice is kept)."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
-        length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-        layer.continuing = bool(length)
+        layer.continuing = bool(cached_length(kwargs))
         if layer.continuing:
             return
         layer.cached_choice = None

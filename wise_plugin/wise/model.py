@@ -176,12 +176,19 @@ def find_layer(model: nn.Module) -> Optional[WISELayer]:
     return None
 
 
+def cached_length(kwargs: dict[str, Any]) -> int:
+    """Tokens already in the KV cache of a model call (0 for a new prompt). transformers up to 5.23
+    passes the cache as ``past_key_values``; ``generate`` in 5.24 passes it as ``cache``."""
+    cache = kwargs.get("past_key_values")
+    if cache is None:
+        cache = kwargs.get("cache")
+    return cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+
+
 def _routing_pre_hook(layer: WISELayer):
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         layer.token_mask = kwargs.get("attention_mask")
-        cache = kwargs.get("past_key_values")
-        length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-        layer.continuing = bool(length)
+        layer.continuing = bool(cached_length(kwargs))
         if not layer.continuing:
             layer.cached_choice = None
 
