@@ -155,15 +155,12 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
             batch = build_batch(tok, request["prompt"], request["target_new"], layer.prefixes,
                                 hparams.use_chat_template, device, replay)
             draw = _draw_loc(layer, request, hparams)
-            if stack is not None:
-                rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
-                    if layer.kwargs_shared else []
-                result = train_edit(model, layer, stack, batch, _loc_rows(model, layer, tok, draw, lower), hparams,
-                                    rehearsed)
-            elif hparams.fast_path:  # a layout the fast path does not know: full model, cached irrelevant rows
-                result = train_edit(model, layer, None, batch, _loc_rows(model, layer, tok, draw, lower), hparams)
-            else:
-                result = train_edit(model, layer, None, batch, _loc_tokens(layer, tok, draw, device), hparams)
+            # cached irrelevant rows, also for a layout the fast path does not know (stack None);
+            # the reference path (fast_path false) runs them through the model instead
+            loc = _loc_rows(model, layer, tok, draw, lower) if hparams.fast_path else _loc_tokens(layer, tok, draw, device)
+            rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
+                if stack is not None and layer.kwargs_shared else []
+            result = train_edit(model, layer, stack, batch, loc, hparams, rehearsed)
             layer.memory.append((request["prompt"], request["target_new"]))
             if result.block_input is not None:
                 layer.block_inputs[batch.text] = result.block_input
