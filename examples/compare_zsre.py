@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from wise_plugin.runner import cli
+from wise_plugin import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

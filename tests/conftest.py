@@ -39,3 +39,45 @@ def smollm2_hparams(smollm2_path):
     hparams = WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "smollm2-135m.yaml"))
     assert hparams.model_name == smollm2_path
     return hparams
+
+
+def _host() -> tuple[str, str]:
+    """(flavour, description) of the EasyEdit this test process uses, found without importing it."""
+    import importlib.util
+
+    import wise_plugin  # noqa: F401  (honours WISE_PLUGIN_EASYEDIT)
+    from wise_plugin.host import HostImportError, host_flavour
+
+    try:
+        flavour = host_flavour()
+    except HostImportError:
+        return "none", "no EasyEdit"
+    root = list(importlib.util.find_spec("easyeditor").submodule_search_locations)[0]
+    from importlib.metadata import version
+
+    name = "source-repository EasyEdit" if flavour == "source" else "package-index easyeditor 0.0.1.dev0"
+    return flavour, f"{name} at {os.path.dirname(root)}, transformers {version('transformers')}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "host: goes through a host EasyEdit (run on both hosts by `make test`)")
+    config.addinivalue_line("markers", "source_host: needs the source-repository EasyEdit (`make test-source`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need the source-repository host are deselected on any other host."""
+    if _host()[0] == "source":
+        return
+    keep = [item for item in items if item.get_closest_marker("source_host") is None]
+    dropped = [item for item in items if item.get_closest_marker("source_host") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say on which host EasyEdit the tests ran, and how many."""
+    counts = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "error", "skipped")}
+    counts = {key: value for key, value in counts.items() if value}
+    ran = ", ".join(f"{value} {key}" for key, value in counts.items()) or "no tests"
+    terminalreporter.write_line(f"wise-plugin host summary: {ran} on the {_host()[1]}")

@@ -1,4 +1,4 @@
-"""Real WISE edits on the embedded SmolLM2 through the package-index EasyEdit's BaseEditor."""
+"""Real WISE edits on the embedded SmolLM2, directly and through the host EasyEdit's BaseEditor."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def rewrite_acc(editor, req: dict) -> float:
                                               editor.hparams.device)["rewrite_acc"]))
 
 
+@pytest.mark.host
 def test_lifelong_edits_accumulate_across_base_editor_calls(smollm2_hparams):
     smollm2_hparams.lifelong = True
     editor = wise_plugin.load_editor(smollm2_hparams)
@@ -51,6 +52,7 @@ def test_lifelong_edits_accumulate_across_base_editor_calls(smollm2_hparams):
     assert "Michelangelo" in greedy_answer(editor.model, editor.tok, EDITS[1]["prompt"])
 
 
+@pytest.mark.host
 def test_without_lifelong_the_host_undoes_each_edit(smollm2_hparams):
     editor = wise_plugin.load_editor(smollm2_hparams)
     before = logits(editor.model, editor.tok, EDITS[0]["prompt"])
@@ -128,6 +130,7 @@ def test_inner_params_that_do_not_resolve(smollm2, smollm2_hparams, inner, messa
         apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)
 
 
+@pytest.mark.host
 def test_missing_model_folder(smollm2_hparams):
     smollm2_hparams.model_name = "./hugging_cache/llama-2-7b"
     with pytest.raises(HParamsError, match=r"model_name './hugging_cache/llama-2-7b' is not an existing folder"):

@@ -17,6 +17,7 @@ from wise_plugin.host.compat import _wise_device, rewrite_source, torchvision_us
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.host
 def test_wise_is_registered_in_the_dict_base_editor_reads():
     import easyeditor.editors.editor as editor_module
 
@@ -25,19 +26,30 @@ def test_wise_is_registered_in_the_dict_base_editor_reads():
 
 
 def test_an_existing_host_editor_stays_reachable_under_an_alias():
-    table = alg_dict()
-    host_ft = table["FT"]
-    try:
-        note = register("FT", wise_plugin.apply_wise_to_model, upstream_alias="FT-upstream")
-        assert table["FT-upstream"] is host_ft and table["FT"] is wise_plugin.apply_wise_to_model
-        assert "stays reachable as alg_name 'FT-upstream'" in note
-    finally:
-        table["FT"] = host_ft
-        table.pop("FT-upstream", None)
+    def host_wise(*args, **kwargs):
+        raise AssertionError("never called")
+
+    table = {"WISE": host_wise}
+    note = register(table, "WISE", wise_plugin.apply_wise_to_model)
+    assert table["WISE-upstream"] is host_wise and table["WISE"] is wise_plugin.apply_wise_to_model
+    assert "stays reachable as alg_name 'WISE-upstream'" in note
+    assert register(table, "WISE", wise_plugin.apply_wise_to_model) == "WISE -> wise_plugin.wise.main.apply_wise_to_model"
+    assert table["WISE-upstream"] is host_wise
 
 
+@pytest.mark.host
+def test_importing_the_plugin_does_not_import_the_host():
+    code = ("import sys, wise_plugin, wise_plugin.wise.layer, wise_plugin.lemoe.layer; "
+            "assert 'easyeditor' not in sys.modules; "
+            "from easyeditor import BaseEditor; from easyeditor.util.alg_dict import ALG_DICT; "
+            "assert ALG_DICT['WISE'] is wise_plugin.apply_wise_to_model; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(host_flavour() != "pypi", reason="the package-index host's rewriting")
 def test_package_index_host_is_rewritten_for_cpu():
-    assert host_flavour() == "pypi"
     utils = importlib.import_module("easyeditor.evaluate.evaluate_utils")  # attribute access is shadowed
     assert utils._wise_device(0) == "cpu"  # no CUDA on this machine
     assert _wise_device("cpu") == "cpu"
@@ -66,6 +78,7 @@ def test_moved_transformers_helpers_are_served():
 
 
 @pytest.mark.skipif(torchvision_usable(), reason="multimodal modules load for real when torchvision works")
+@pytest.mark.host
 def test_multimodal_parts_fail_with_a_clear_message_when_used():
     from easyeditor.trainer.blip2_models import Blip2OPT
 
@@ -73,12 +86,15 @@ def test_multimodal_parts_fail_with_a_clear_message_when_used():
         Blip2OPT()
 
 
+@pytest.mark.host
 def test_a_broken_host_install_says_how_to_install(tmp_path):
     fake = tmp_path / "easyeditor"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('No module named higher')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
-    result = subprocess.run([sys.executable, "-c", "import wise_plugin"], capture_output=True, text=True, env=env)
+    env.pop("WISE_PLUGIN_EASYEDIT", None)
+    result = subprocess.run([sys.executable, "-c", "import wise_plugin; import easyeditor"], capture_output=True,
+                            text=True, env=env)
     assert result.returncode != 0
     assert "HostImportError: Importing EasyEdit (pypi flavour) failed: ImportError: No module named higher" in result.stderr
     assert "pip install --no-deps easyeditor==0.0.1.dev0" in result.stderr

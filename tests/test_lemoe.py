@@ -259,7 +259,9 @@ def test_restore_handle_serves_both_hosts(tok):
     _, handle = apply_lemoe_to_model(model, tok, requests(1, start=2), hparams)
     list(handle.items())  # lifelong: kept
     assert len(find_layer(model).experts) == 2
-    handle()  # source-repo host: calling rolls the call back
+    handle()  # source-repo host: with lifelong its automatic call keeps the edits too
+    assert len(find_layer(model).experts) == 2
+    handle.undo()  # rolls the call back in every case
     layer = find_layer(model)
     assert len(layer.experts) == 1 and layer.n_edits == 2
     assert all(torch.equal(v, state[k]) for k, v in layer.state_dict().items())
@@ -267,12 +269,11 @@ def test_restore_handle_serves_both_hosts(tok):
 
 
 @pytest.mark.slow
+@pytest.mark.host
 def test_base_editor_streams_edits_with_the_yaml(smollm2_path):
-    import wise_plugin  # noqa: F401  (before easyeditor)
+    import wise_plugin  # noqa: F401  (before easyeditor: registers LEMoE when the host loads)
     from easyeditor import BaseEditor, compute_edit_quality
-    from wise_plugin.host import register
 
-    register("LEMoE", apply_lemoe_to_model)
     hparams = LEMoEHyperParams.from_hparams(os.path.join(LEMOE_DIR, "smollm2-135m.yaml"))
     assert hparams.model_name == smollm2_path
     hparams.lifelong, hparams.edits_per_expert = True, 1

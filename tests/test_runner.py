@@ -17,10 +17,13 @@ from transformers import AutoModelForCausalLM, GPT2Tokenizer, LlamaConfig
 
 from conftest import ROOT, SHARED_DATA
 from wise_plugin.runner import RunnerInputError, load_requests, load_specs, paper_table, run_comparison, write_reports
-from wise_plugin.runner import cli
+from wise_plugin import cli
+from wise_plugin.runner import cli as compare_cli
 from wise_plugin.runner.datasets import dataset_format
 from wise_plugin.evaluation import contains_target
 from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, select_sample
+
+pytestmark = pytest.mark.host  # everything here goes through the host's BaseEditor and metrics
 
 WISE_YAML = os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml")
 FT_YAML = os.path.join(ROOT, "hparams", "FT", "smollm2-135m.yaml")
@@ -163,7 +166,7 @@ def test_cli_defaults_compare_wise_and_lemoe_with_ft_on_the_builtin_set():
     args = cli.build_parser().parse_args(["compare"])
     lemoe_yaml = os.path.join(os.path.dirname(os.path.dirname(WISE_YAML)), "LEMoE", "smollm2-135m.yaml")
     assert args.hparams == [WISE_YAML, lemoe_yaml, FT_YAML] and all(os.path.isfile(p) for p in args.hparams)
-    assert args.data is None and args.dataset is None and args.t_values == [1, 6] and cli.BUILTIN_N == 6
+    assert args.data is None and args.dataset is None and args.t_values == [1, 6] and compare_cli.BUILTIN_N == 6
 
 
 @pytest.mark.parametrize("generation, target, hit", [

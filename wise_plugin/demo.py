@@ -1,6 +1,6 @@
-"""The main job: edit a few facts of the embedded SmolLM2 with WISE through EasyEdit's BaseEditor.
+"""Edit a few facts of the embedded SmolLM2 with WISE through EasyEdit's BaseEditor, and show the effect.
 
-Run with ``make demo`` (or ``python -m wise_plugin.demo``). It prints teacher-forced metrics from
+Run with ``make demo`` (or ``wise-plugin demo``). It prints teacher-forced metrics from
 EasyEdit's ``compute_edit_quality`` before and after all edits, and greedy generations.
 """
 
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
+import sys
 from importlib import resources
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 
 import wise_plugin
+from wise_plugin.editor import load_editor
 from wise_plugin.evaluation import greedy_answer, lifelong_evaluate
 
 DEFAULT_HPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hparams", "WISE", "smollm2-135m.yaml")
@@ -32,19 +33,18 @@ def demo_requests() -> list[dict[str, Any]]:
     } for r in records]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``wise-plugin demo``."""
     parser.add_argument("--hparams", default=DEFAULT_HPARAMS, help="WISE hparams YAML (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
+    """Edit the demo facts, print metrics and greedy generations before and after."""
     torch.manual_seed(args.seed)
-
-    from easyeditor import BaseEditor
-
     hparams = wise_plugin.WISEHyperParams.from_hparams(args.hparams)
     hparams.lifelong = True  # keep every edit: the metrics below are read after the last one
-    editor = BaseEditor.from_hparams(hparams)
+    editor = load_editor(hparams)
     requests = demo_requests()
     probes = [(r["prompt"], r["target_new"]) for r in requests] + [
         (r["locality"]["neighborhood"]["prompt"], r["locality"]["neighborhood"]["ground_truth"]) for r in requests
@@ -68,4 +68,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from wise_plugin.cli import main
+
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

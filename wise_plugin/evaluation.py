@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import re
+import string
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -57,7 +58,11 @@ def _score(model: Any, editor: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
-    """Send ``requests`` through ``BaseEditor.edit`` in order (one host call per request batch)."""
+    """Send ``requests`` through ``BaseEditor.edit`` in order (one host call per request batch); on the
+    source-repository host with ``sequential_edit=True``, its own switch for keeping edits."""
+    from wise_plugin.host import host_flavour
+
+    sequential = {"sequential_edit": True} if host_flavour() == "source" else {}
     editor.edit(
         prompts=[r["prompt"] for r in requests],
         target_new=[r["target_new"] for r in requests],
@@ -71,6 +76,7 @@ def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
         },
         keep_original_weight=False,
         verbose=False,
+        **sequential,
     )
 
 
@@ -131,6 +137,45 @@ def contains_target(generation: str, target: str) -> bool:
     """Whether ``target`` appears in ``generation`` as whole words (case-insensitive): "40" not in "4000"."""
     pattern = r"(?<!\w)" + re.escape(target.strip()) + r"(?!\w)"
     return re.search(pattern, generation, flags=re.IGNORECASE) is not None
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+WILD_STOPS = (".", "\n")  # with the tokenizer's end-of-sequence token: the natural stop of an answer
+WILD_SLACK_TOKENS = 8  # generation budget past the target's own length; a longer answer is no exact match
+
+
+def normalize_answer(text: str) -> str:
+    """The exact-match normalisation of the WILD protocol (as in SQuAD): lower case, punctuation and
+    articles removed, whitespace collapsed."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+@torch.no_grad()
+def wild_answer(model: Any, tok: Any, prompt: str, target: str, use_chat_template: bool = False) -> str:
+    """Greedy answer to ``prompt`` that ends at a natural stop (".", newline, end of sequence), the
+    way the WILD protocol generates: without the KV cache, stop strings matched on the text.
+    Generation is capped at the target's length plus :data:`WILD_SLACK_TOKENS` tokens."""
+    if use_chat_template:
+        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    device = next(model.parameters()).device
+    encoded = tok(prompt, return_tensors="pt").to(device)
+    stops = [*WILD_STOPS, tok.eos_token] if tok.eos_token else list(WILD_STOPS)
+    budget = len(tok(" " + target)["input_ids"]) + WILD_SLACK_TOKENS
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = model.generate(**encoded, max_new_tokens=budget, do_sample=False, stop_strings=stops, tokenizer=tok,
+                         use_cache=False, pad_token_id=pad)
+    text = tok.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=False)
+    for stop in stops:
+        if stop and text.endswith(stop):
+            text = text[:-len(stop)]
+    return text.strip()
+
+
+def wild_exact_match(answer: str, target: str) -> bool:
+    """Whether a WILD answer equals the target after :func:`normalize_answer`."""
+    return normalize_answer(answer) == normalize_answer(target)
 
 
 def add_greedy(result: dict[str, Any], editor: Any, requests: Sequence[dict[str, Any]]) -> None:

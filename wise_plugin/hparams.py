@@ -16,6 +16,22 @@ class HParamsError(ValueError):
     """A hyper-parameter file or value is wrong; the message says which and how to fix it."""
 
 
+@dataclasses.dataclass
+class HyperParams:
+    """Base of the plugin's hyper-parameter classes, with what both hosts' ``HyperParams`` offer
+    (``to_dict``, ``from_json``), so the editors' options import without EasyEdit."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, path: str) -> Any:
+        import json
+
+        with open(path, encoding="utf-8") as handle:
+            return cls(**json.load(handle))
+
+
 def read_yaml(path: str) -> dict[str, Any]:
     """Read a mapping from ``path`` (``.yaml`` appended when missing, as upstream does)."""
     path = os.fspath(path)

@@ -9,12 +9,14 @@ from torch import nn
 
 
 class RestoreHandle(dict):
-    """Restore handle for both hosts: call it (source-repo EasyEdit) or iterate ``items()``
-    (package-index EasyEdit) to undo the edits of the call that returned it.
+    """Restore handle for both hosts: the source-repo EasyEdit calls it, the package-index EasyEdit
+    iterates ``items()``; either undoes the edits of the call that returned it.
 
-    With ``lifelong: true`` the host's automatic ``items()`` restore is skipped so edits
-    accumulate; calling the handle still rolls back. ``state`` is the wrapped layer's snapshot
-    before the call, or None when the call created the layer and ``remove`` takes it out again.
+    With ``lifelong: true`` both are skipped, so edits accumulate on either host whatever path
+    the host takes (the source host calls the handle of WISE after every non-sequential edit, and
+    iterates ``items()`` for LEMoE); :meth:`undo` rolls back in every case. ``state`` is the wrapped
+    layer's snapshot before the call, or None when the call created the layer and ``remove`` takes
+    it out again.
     """
 
     def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool,
@@ -22,15 +24,19 @@ class RestoreHandle(dict):
         super().__init__()
         self._model, self._layer, self._state, self._lifelong, self._remove = model, layer, state, lifelong, remove
 
-    def __call__(self) -> None:
+    def undo(self) -> None:
+        """Undo the edits of the call that returned this handle (also with ``lifelong: true``)."""
         if self._state is None:
             self._remove(self._model)
         else:
             self._layer.restore(self._state)
 
-    def items(self):  # type: ignore[override]
+    def __call__(self) -> None:
         if not self._lifelong:
-            self()
+            self.undo()
+
+    def items(self):  # type: ignore[override]
+        self()
         return super().items()
 
 
@@ -51,7 +57,7 @@ def editing(model: nn.Module, handle: RestoreHandle) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        handle()
+        handle.undo()
         raise
     finally:
         model.train(was_training)

@@ -1,8 +1,8 @@
-"""Make the package-index ``easyeditor`` (0.0.1.dev0) importable and usable on CPU.
+"""Make both EasyEdits importable here: an import hook confined to the ``easyeditor`` namespace.
 
-That release pins transformers 4.30 and hard-codes ``cuda:{device}`` strings. Instead of patching
-torch or transformers, an import hook rewrites the source of ``easyeditor`` modules only, as they
-are loaded:
+The package-index ``easyeditor`` (0.0.1.dev0) pins transformers 4.30 and hard-codes
+``cuda:{device}`` strings. Instead of patching torch or transformers, the hook rewrites the source
+of ``easyeditor`` modules only, as they are loaded:
 
 * ``f"cuda:{x}"`` and ``"cuda"`` device strings become ``_wise_device(x)``, which answers a CUDA
   device when one is there and the host asked for one, else ``"cpu"``;
@@ -12,7 +12,10 @@ are loaded:
   sub-packages become placeholder modules that raise a clear error when used, so the text editors
   import without them.
 
-The source-repository EasyEdit needs none of this and is never hooked.
+The source-repository EasyEdit is used unchanged: its source is never rewritten. Its multimodal
+parts that need torchvision or timm (``trainer.blip2_models`` and two image processors)
+become the same placeholders when torchvision cannot be imported; nothing outside ``easyeditor``
+is ever replaced, so other libraries (transformers' own torchvision checks) see the real packages.
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ import importlib.util
 import re
 import sys
 import types
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 _HOST = "easyeditor"
 
-# Multimodal parts of the package-index host that need torchvision at import time.
-_MULTIMODAL_MODULES = (
-    "easyeditor.trainer.blip2_models",
-    "easyeditor.trainer.MultimodalTrainer",
-    "easyeditor.dataset.processor.blip_processors",
-)
+# Multimodal parts of each host that need torchvision (and timm) at import time.
+MULTIMODAL_MODULES = {
+    "pypi": ("easyeditor.trainer.blip2_models", "easyeditor.trainer.MultimodalTrainer",
+             "easyeditor.dataset.processor.blip_processors"),
+    "source": ("easyeditor.trainer.blip2_models", "easyeditor.dataset.processor.blip_processors",
+               "easyeditor.dataset.processor.qwen2vl_processors"),
+}
 
 _FSTRING_DEVICE = re.compile(r"""f(['"])cuda:\{([^{}]+)\}\1""")
 _PLAIN_DEVICE = re.compile(r"""\.to\((['"])cuda\1\)""")
@@ -70,13 +74,18 @@ def torchvision_usable() -> bool:
 class _RewritingLoader(importlib.machinery.SourceFileLoader):
     """Compiles the rewritten source; the host's own ``__pycache__`` (unrewritten) is bypassed."""
 
+    rewrite = True
+
     def get_code(self, fullname: str) -> types.CodeType:
+        if not self.rewrite:
+            return super().get_code(fullname)
         path = self.get_filename(fullname)
         text = importlib.util.decode_source(self.get_data(path))
         return compile(rewrite_source(text), path, "exec", dont_inherit=True)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        module.__dict__["_wise_device"] = _wise_device
+        if self.rewrite:
+            module.__dict__["_wise_device"] = _wise_device
         super().exec_module(module)
 
 
@@ -112,33 +121,66 @@ class _PlaceholderLoader(importlib.abc.Loader):
         return None
 
 
-class PackageIndexHostFinder(importlib.abc.MetaPathFinder):
-    """Meta-path finder that serves rewritten ``easyeditor`` modules from one install folder."""
+class _PackageLoader(_RewritingLoader):
+    """Loads the ``easyeditor`` package itself (rewritten or not), then calls ``on_load``."""
 
-    def __init__(self, stub_multimodal: bool) -> None:
-        self.stub_multimodal = stub_multimodal
+    on_load: Optional[Callable[[], None]] = None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        from wise_plugin.host import host_import_error
+
+        try:
+            super().exec_module(module)
+        except Exception as error:  # the host's own import failed: say which flavour and how to fix it
+            raise host_import_error("source" if not self.rewrite else "pypi", error) from error
+        if self.on_load is not None:
+            self.on_load()
+
+
+class HostFinder(importlib.abc.MetaPathFinder):
+    """Meta-path finder for ``easyeditor`` modules: placeholders for ``placeholders`` (and their
+    sub-modules), with ``rewrite`` the package-index host's source rewritten for this machine, and
+    ``on_load`` called once the ``easyeditor`` package has executed."""
+
+    def __init__(self, placeholders: Sequence[str], rewrite: bool,
+                 on_load: Optional[Callable[[], None]] = None) -> None:
+        self.placeholders = tuple(placeholders)
+        self.rewrite = rewrite
+        self.on_load = on_load
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != _HOST and not fullname.startswith(_HOST + "."):
             return None
-        if self.stub_multimodal and any(
-            fullname == m or fullname.startswith(m + ".") for m in _MULTIMODAL_MODULES
-        ):
+        if any(fullname == m or fullname.startswith(m + ".") for m in self.placeholders):
             return importlib.machinery.ModuleSpec(fullname, _PlaceholderLoader(), is_package=True)
+        if fullname != _HOST and not self.rewrite:
+            return None  # the regular finders load the module unchanged
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             return spec
-        spec.loader = _RewritingLoader(fullname, spec.origin)
+        if fullname == _HOST:
+            loader = _PackageLoader(fullname, spec.origin)
+            loader.rewrite, loader.on_load = self.rewrite, self.on_load
+            spec.loader = loader
+        else:
+            spec.loader = _RewritingLoader(fullname, spec.origin)
         return spec
 
 
-def install_hook() -> PackageIndexHostFinder:
-    """Put the finder first on ``sys.meta_path`` (once) and return it."""
+def install_hook(flavour: str, on_load: Optional[Callable[[], None]] = None) -> HostFinder:
+    """Put the finder for host ``flavour`` (``"pypi"`` or ``"source"``) first on ``sys.meta_path``
+    (once) and return it; ``on_load`` runs after the ``easyeditor`` package has loaded."""
     for finder in sys.meta_path:
-        if isinstance(finder, PackageIndexHostFinder):
+        if isinstance(finder, HostFinder):
             return finder
-    finder = PackageIndexHostFinder(stub_multimodal=not torchvision_usable())
+    placeholders = () if torchvision_usable() else MULTIMODAL_MODULES[flavour]
+    finder = HostFinder(placeholders, rewrite=flavour == "pypi", on_load=on_load)
     sys.meta_path.insert(0, finder)
     return finder
+
+
+def remove_hook() -> None:
+    """Take the finder off ``sys.meta_path`` (before ``easyeditor`` is imported, to change hosts)."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, HostFinder)]

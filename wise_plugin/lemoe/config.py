@@ -6,11 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from wise_plugin.hparams import HParamsError, load_hparams
-from wise_plugin.host import import_host
-
-import_host()
-from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
+from wise_plugin.hparams import HParamsError, HyperParams, load_hparams
 
 EXPERT_KINDS = ("lowrank", "full")
 _MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*$")
@@ -18,7 +14,7 @@ _MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*$")
 
 @dataclass
 class LEMoEHyperParams(HyperParams):
-    """Hyper-parameters of LEMoE (Wang & Li, EMNLP 2024); see README, "LEMoE".
+    """Hyper-parameters of LEMoE (Wang & Li, EMNLP 2024); the fields below are its options.
 
     ``layer`` names the FFN module that gets the mixture-of-experts bypass, e.g.
     ``model.layers[17].mlp`` (``inner_params`` is accepted as an alias, as a list or a string).

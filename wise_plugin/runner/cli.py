@@ -1,7 +1,9 @@
-"""``wise-plugin compare``: the lifelong benchmark of several editors from the command line.
+"""The lifelong benchmark of several editors from the command line (`wise-plugin compare`).
 
-With no arguments it compares WISE with FT-L on the embedded SmolLM2 over the built-in edit set
-(a few minutes on a laptop CPU) and prints how to point it at real data.
+With no options it compares WISE, LEMoE and FT-L on the embedded SmolLM2 over the built-in edit
+set (a few minutes on a laptop CPU) and prints how to point it at real data. On a
+source-repository EasyEdit (``wise-plugin compare --easyedit PATH``) the host's own editors can
+join, e.g. its WISE as ``hparams/WISE-upstream/smollm2-135m.yaml`` and ``hparams/GRACE/smollm2-135m.yaml``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import logging
 import os
 import platform
 import shlex
-import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_HPARAMS = (os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml"),
@@ -32,13 +33,8 @@ An interrupted run resumes where it stopped when rerun with the same --out."""
 logger = logging.getLogger("wise_plugin")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wise-plugin", description="WISE lifelong editing tools for EasyEdit.")
-    commands = parser.add_subparsers(dest="command")
-    compare = commands.add_parser(
-        "compare", help="lifelong benchmark of several editors (the default command)",
-        description=__doc__.splitlines()[0], epilog=REAL_DATA_HINT,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(compare: argparse.ArgumentParser) -> None:
+    """The options of ``wise-plugin compare``."""
     compare.add_argument("--hparams", nargs="+", default=list(DEFAULT_HPARAMS), metavar="YAML",
                          help="one hparams YAML per editor, all for the same model "
                               "(default: WISE, LEMoE and FT-L on the embedded SmolLM2)")
@@ -56,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--eval-target-tokens", type=int, default=40,
                          help="teacher-forced scoring reads at most this many tokens after each prompt, "
                               "the same for all editors (default: %(default)s)")
+    compare.add_argument("--loc-prompts", default="builtin", metavar="JSON",
+                         help="irrelevant texts, one drawn into each request as its loc_prompt (the source host's "
+                              "WISE needs one): 'builtin' (default) or a JSON list of strings / ZsRE / CounterFact "
+                              "records, e.g. the ZsRE train file")
     compare.add_argument("--fresh", action="store_true", help="discard stored chunks in --out instead of resuming")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
 
 
 def _machine() -> str:
@@ -68,9 +67,8 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def compare(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Check every input, run or resume the comparison, write the reports, print the table."""
-    import wise_plugin  # noqa: F401  (makes the host importable and registers the plugin's editors)
     from wise_plugin.runner.datasets import BUILTIN, dataset_format, load_requests
     from wise_plugin.runner.editors import load_specs
     from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, run_comparison, select_sample
@@ -82,7 +80,8 @@ def compare(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     requests = load_requests(name, args.data)
     n = BUILTIN_N if args.n is None and args.data is None else args.n
     options = RunOptions(t_values=tuple(args.t_values), n=n, start=args.start, seed=args.seed,
-                         eval_target_tokens=args.eval_target_tokens, progress=not args.no_progress)
+                         eval_target_tokens=args.eval_target_tokens, progress=not args.no_progress,
+                         loc_prompts=args.loc_prompts)
     select_sample(requests, options)  # bad T or --n stop here, before --fresh discards anything
     stored = os.path.join(args.out, RESULTS_FILE)
     if args.fresh and os.path.exists(stored):
@@ -96,27 +95,3 @@ def compare(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     if args.data is None:
         print("\n" + REAL_DATA_HINT)
     return result
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point ``wise-plugin``; no arguments run ``compare`` with its defaults."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv = ["compare", *argv]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from wise_plugin.hparams import HParamsError
-    from wise_plugin.host import HostImportError
-    from wise_plugin.runner.errors import RunnerInputError
-
-    try:
-        compare(args, argv)
-    except (RunnerInputError, HParamsError, HostImportError) as error:
-        print(f"wise-plugin {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

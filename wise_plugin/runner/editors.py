@@ -29,7 +29,11 @@ HPARAMS_CLASSES: dict[str, str] = {
     "ROME": "easyeditor:ROMEHyperParams",
     "MEMIT": "easyeditor:MEMITHyperParams",
     "KN": "easyeditor:KNHyperParams",
+    # source-repository host only: its own WISE (moved aside when ours registers) and GRACE
+    "WISE-upstream": "easyeditor:WISEHyperParams",
+    "GRACE": "easyeditor:GraceHyperParams",
 }
+SOURCE_HOST_ONLY = ("WISE-upstream", "GRACE")
 _PLUGIN_MODULE = "wise_plugin."
 # Editors the package-index host lists but cannot run here (checked on this host, peft 0.21).
 PYPI_HOST_BROKEN: dict[str, str] = {
@@ -67,11 +71,29 @@ def _hparams_class(alg_name: str, path: str) -> type:
             from error
 
 
+def _host_config(config: dict[str, Any], alg_name: str) -> dict[str, Any]:
+    """The YAML keys as the host's hyper-parameter class takes them: the host's WISE reads
+    ``act_margin`` as its three fields (its own ``from_hparams`` does this split)."""
+    if alg_name == "WISE-upstream" and isinstance(config.get("act_margin"), list):
+        config["alpha"], config["beta"], config["gamma"] = config.pop("act_margin")
+    if alg_name == "FT" and host_flavour() == "pypi" and "objective_optimization" in config:
+        # the package-index FT has no such key: it always reads the loss at the last prompt token
+        if config["objective_optimization"] != "prompt_last":
+            raise RunnerInputError(f"objective_optimization {config['objective_optimization']!r}: the package-index "
+                                   "EasyEdit's FT only has 'prompt_last'; set that or use the source-repository host.")
+        del config["objective_optimization"]
+    return config
+
+
 def _check_alg_name(alg_name: Any, path: str) -> str:
     if alg_name in PYPI_HOST_BROKEN and host_flavour() == "pypi":
         raise RunnerInputError(f"{path}: alg_name {alg_name!r} cannot run on this host: "
                                f"{PYPI_HOST_BROKEN[alg_name]}. Use the source-repository EasyEdit, or another editor.")
     known = sorted(alg_dict())
+    if alg_name in SOURCE_HOST_ONLY and host_flavour() != "source":
+        raise RunnerInputError(f"{path}: alg_name {alg_name!r} is an editor of the source-repository EasyEdit; "
+                               "run with `wise-plugin compare --easyedit PATH` (a clone of that repository) "
+                               "in an environment made for it (`make install-source`).")
     if not isinstance(alg_name, str) or alg_name not in known:
         close = difflib.get_close_matches(str(alg_name), known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -98,7 +120,7 @@ def load_spec(path: str, label: Optional[str] = None) -> EditorSpec:
     if cls.__module__.startswith(_PLUGIN_MODULE):
         hparams = cls.from_hparams(path)
     else:
-        hparams = build(cls, dict(config), path, alg_name)
+        hparams = build(cls, _host_config(dict(config), alg_name), path, alg_name)
     hparams.model_name = resolve_model_name(hparams.model_name)
     name = hparams.model_name
     if isinstance(name, str) and (os.sep in name or name.startswith((".", "~"))) \

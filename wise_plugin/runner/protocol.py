@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wise_plugin.evaluation import contains_target, greedy_answer
+from wise_plugin.evaluation import contains_target, greedy_answer, wild_answer, wild_exact_match
 from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.runner.errors import RunnerInputError
@@ -36,8 +36,10 @@ from wise_plugin.runner.errors import RunnerInputError
 logger = logging.getLogger("wise_plugin")
 
 RESULTS_FILE = "chunks.jsonl"
-METRICS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_rel")
-GREEDY_FORMATS = ("zsre", "counterfact", "builtin")  # short targets: "greedy output contains it" is meaningful
+WILD_VERSION = 1  # enters the chunk key: chunks stored before the WILD score are recomputed
+METRICS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_rel", "wild_rel", "wild_gen")
+# short targets: "greedy output contains it" and the WILD exact match are meaningful
+GREEDY_FORMATS = ("zsre", "counterfact", "builtin")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class RunOptions:
     eval_target_tokens: int = 40  # teacher-forced scoring reads at most this many tokens after the prompt
     greedy_tokens: int = 16
     ppl_clip: float = 100.0  # the WISE paper clips hallucination perplexity at 100
+    # irrelevant texts for each request's ``loc_prompt`` (the source host's WISE needs one): the
+    # plugin's built-in pool, or a JSON file of strings / ZsRE / CounterFact records
+    loc_prompts: str = "builtin"
     progress: bool = True
 
 
@@ -88,6 +93,17 @@ def select_sample(requests: Sequence[dict[str, Any]], options: RunOptions) -> li
     return list(requests[options.start:options.start + n])
 
 
+def with_loc_prompts(requests: Sequence[dict[str, Any]], options: RunOptions) -> list[dict[str, Any]]:
+    """The requests, each with a ``loc_prompt`` (kept when it has one): an irrelevant text drawn,
+    seeded, from ``options.loc_prompts``, as the source-repository EasyEdit's ``loc_prompts``
+    argument puts it there. Its WISE needs one per request; ours uses it as one more irrelevant row."""
+    from wise_plugin.wise.data import load_loc_pool
+
+    pool = load_loc_pool(options.loc_prompts)
+    draw = random.Random(options.seed)
+    return [dict(r) if r.get("loc_prompt") else {**r, "loc_prompt": draw.choice(pool)} for r in requests]
+
+
 def plan(n: int, t_values: Iterable[int]) -> list[Chunk]:
     """Chunks of every T over a sample of ``n`` requests, in run order."""
     return [Chunk(t, i, i * t, (i + 1) * t) for t in t_values for i in range(n // t)]
@@ -99,7 +115,7 @@ def chunk_key(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
     content = json.dumps({
         "hparams": spec.fingerprint, "model": spec.model_name, "dataset": fmt.name,
         "requests": list(requests), "seed": options.seed, "eval_target_tokens": options.eval_target_tokens,
-        "greedy_tokens": options.greedy_tokens, "ppl_clip": options.ppl_clip,
+        "greedy_tokens": options.greedy_tokens, "ppl_clip": options.ppl_clip, "wild": WILD_VERSION,
     }, sort_keys=True, default=str)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{spec.label}|T={chunk.t}|chunk={chunk.index}|{digest}"
@@ -202,6 +218,19 @@ def _record(request: dict[str, Any], index: int, fmt: DatasetFormat, before: dic
     return record
 
 
+def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """WILD-style answers to the edit and rephrase prompts (natural stop, no KV cache) and their
+    normalised exact match against the target."""
+    chat = bool(getattr(editor.hparams, "use_chat_template", False))
+    out: dict[str, Any] = {}
+    for key, prompt_key in (("rel", "prompt"), ("gen", "rephrase_prompt")):
+        if request.get(prompt_key):
+            answer = wild_answer(editor.model, editor.tok, request[prompt_key], request["target_new"], chat)
+            out[f"wild_{key}_answer"] = answer
+            out[f"wild_{key}"] = float(wild_exact_match(answer, request["target_new"]))
+    return out
+
+
 def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
               options: RunOptions, model_factory: Optional[ModelFactory] = None,
               bar: Optional[tqdm] = None) -> dict[str, Any]:
@@ -225,6 +254,7 @@ def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
             if fmt.name in GREEDY_FORMATS:
                 record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
                 record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
+                record.update(_wild(editor, request))
             record["edit_seconds"] = edit_seconds[offset]
             records.append(record)
         eval_seconds += time.perf_counter() - eval_start
@@ -260,7 +290,7 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
     Inputs are checked before the first edit. The result holds, per editor and T, the chunk means
     (``summary``), and the stored chunk lines in run order (``chunks``).
     """
-    sample = select_sample(requests, options)
+    sample = with_loc_prompts(select_sample(requests, options), options)
     chunks = plan(len(sample), options.t_values)
     store = ResultStore(out_dir)
     jobs = [(spec, chunk, chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], options))

@@ -6,12 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
-from wise_plugin.hparams import HParamsError, load_hparams
-from wise_plugin.host import import_host
+from wise_plugin.hparams import HParamsError, HyperParams, load_hparams
 from wise_plugin.wise.merge import MERGE_ALGS
-
-import_host()
-from easyeditor.util.hparams import HyperParams  # noqa: E402  (needs the host import above)
 
 OPTIMIZERS = ("sgd", "adam")
 ROUTE_BY = ("score", "ratio", "newest")
@@ -24,7 +20,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``,
-    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``fast_path``, ``seed`` (see README).
+    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -37,8 +38,9 @@ def _replay_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str
     """Projection inputs of replayed earlier edits, each computed once (alone, so its values do not
     depend on the batch it was first drawn in) and kept on the layer for later draws."""
     for text in texts:
-        if text not in layer.replay_cache:
-            layer.replay_cache[text] = projection_inputs(model, layer, tok, [text], lower=lower)[0][0]
+        if text not in layer.replay_cache:  # kept: the tokens its routing score reads
+            acts, mask = projection_inputs(model, layer, tok, [text], lower=lower)
+            layer.replay_cache[text] = acts[0][mask[0].bool()]
     rows = [layer.replay_cache[text] for text in texts]
     lengths = torch.tensor([row.shape[0] for row in rows])
     mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
@@ -88,7 +90,8 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, draw: LocDraw,
         parts.append(projection_inputs(model, layer, tok, draw.given, lower=lower))
     if draw.replayed:
         parts.append(_replay_inputs(model, layer, tok, draw.replayed, lower))
-    width = max(int(mask.sum(-1).max()) for _, mask in parts)  # padding past every real token is dropped
+    # padding past every scored token is dropped (masks may skip the first token: see content_mask)
+    width = max(int(mask.nonzero()[:, 1].max()) + 1 if mask.any() else 1 for _, mask in parts)
     parts = [(acts[:, :width], mask[:, :width]) for acts, mask in parts]
     acts = torch.cat([F.pad(a, (0, 0, 0, width - a.shape[1])) for a, _ in parts])
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
@@ -174,4 +177,8 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     if hparams.save_path:
         save_checkpoint(model, hparams.save_path, inner_param)
         logger.info("WISE state after %d edits saved to %s", layer.edits, hparams.save_path)
+    # The source-repository host ends a sequential WISE run with ``edited_model.save(save_path)``
+    # (its own WISE returns a wrapper that has that method); ours returns the model itself.
+    if not hasattr(model, "save"):
+        model.save = functools.partial(save_checkpoint, model, inner_param=inner_param)
     return model, handle

@@ -148,7 +148,8 @@ def projection_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[
     chunks = [block_calls(model, [layer], {"input_ids": encoded["input_ids"][start:start + batch_size],
                                            "attention_mask": encoded["attention_mask"][start:start + batch_size]},
                           lower)[0][0] for start in range(0, len(texts), batch_size)]
-    return torch.cat(chunks), encoded["attention_mask"].to(chunks[0].device)
+    mask = content_mask(model, encoded["input_ids"], encoded["attention_mask"])
+    return torch.cat(chunks), mask.to(chunks[0].device)
 
 
 def block_inputs(model: nn.Module, block: nn.Module, tok: Any, texts: Sequence[str]) -> list[torch.Tensor]:
@@ -185,9 +186,29 @@ def cached_length(kwargs: dict[str, Any]) -> int:
     return cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
 
 
+def content_mask(model: nn.Module, input_ids: Optional[torch.Tensor],
+                 attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The tokens a routing score averages over: real tokens, without the model's beginning-of-
+    sequence token. Tokenizers that add it (SmolLM2's does) give it outlier activations whatever
+    the text; edit rows are scored without it, so inference and the irrelevant rows leave it out too."""
+    bos = getattr(getattr(model, "config", None), "bos_token_id", None)
+    if input_ids is None or bos is None:
+        return attention_mask
+    content = torch.ones_like(input_ids, dtype=torch.bool)
+    for token in (bos if isinstance(bos, (list, tuple)) else [bos]):
+        content &= input_ids != token
+    if attention_mask is None:
+        return content.long()
+    keep = attention_mask.to(content.device).bool().clone()
+    width = min(content.shape[1], keep.shape[1])  # while a KV cache grows, the ids are the newest tokens
+    keep[:, keep.shape[1] - width:] &= content[:, content.shape[1] - width:]
+    return keep.long()
+
+
 def _routing_pre_hook(layer: WISELayer):
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        layer.token_mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        layer.token_mask = content_mask(module, ids, kwargs.get("attention_mask"))
         layer.continuing = bool(cached_length(kwargs))
         if not layer.continuing:
             layer.cached_choice = None

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.wise.data import EditBatch
 from wise_plugin.wise.layer import WISELayer
-from wise_plugin.wise.model import BlockCall, UpperStack, block_calls, mlp_at
+from wise_plugin.wise.model import BlockCall, UpperStack, block_calls, content_mask, mlp_at
 
 logger = logging.getLogger("wise_plugin.wise")
 
@@ -54,6 +54,7 @@ def _same_inputs(x: Any, y: Any) -> bool:
 class _HeadCrossEntropy(torch.autograd.Function):
     """Per-token cross-entropy of ``hidden @ weight^T (+ bias)`` against ``labels``, in one reused
     (tokens, vocab) buffer: the logits, then their softmax in place, then its gradient in place.
+    Also returns whether each label is the top logit (not differentiable).
 
     With a 50k vocabulary the separate logits, log-softmax, its gradient and the zero-filled
     gradient of the loss were four fresh buffers per iteration, and filling them cost more than
@@ -62,21 +63,23 @@ class _HeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                labels: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+                labels: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = torch.mm(hidden, weight.t(), out=buffer)
         if bias is not None:
             logits.add_(bias)
         picked = logits.gather(1, labels[:, None]).squeeze(1)
         top = logits.max(dim=1, keepdim=True).values
+        is_top = picked >= top.squeeze(1)  # the label is the greedy choice (for the learned-stop)
+        ctx.mark_non_differentiable(is_top)
         probs = logits.sub_(top).exp_()
         total = probs.sum(dim=1, keepdim=True)
         probs.div_(total)
         ctx.probs, ctx.labels = probs, labels
         ctx.save_for_backward(weight)
-        return (top.squeeze(1) + total.squeeze(1).log()) - picked
+        return (top.squeeze(1) + total.squeeze(1).log()) - picked, is_top
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad: torch.Tensor, _is_top: Any) -> tuple[Optional[torch.Tensor], ...]:
         (weight,) = ctx.saved_tensors
         probs = ctx.probs  # d(loss_i)/d(logits_i) = softmax_i - onehot(label_i)
         probs[torch.arange(probs.shape[0], device=probs.device), ctx.labels] -= 1.0
@@ -129,13 +132,16 @@ class _FullForward:
         """Cross-entropy of every target token, routing scores of the edit rows and of the irrelevant rows."""
         logits = self.model(**self.inputs, use_cache=False).logits
         picked = logits[batch.label_rows, batch.label_positions].float()
-        token_ce = F.cross_entropy(picked, batch.labels.to(picked.device), reduction="none")
+        labels = batch.labels.to(picked.device)
+        token_ce = F.cross_entropy(picked, labels, reduction="none")
+        self.is_top = picked.argmax(-1) == labels
         scores = self.layer.last_scores
         assert scores is not None
         s_edit = edit_scores(scores[:self.rows, :batch.input_ids.shape[1]], batch)
         if isinstance(self.loc, _LocRows):
             return token_ce, s_edit, self.loc.means(self.layer.token_scores(self.loc.tokens))
-        return token_ce, s_edit, _row_means(scores[self.rows:], self.inputs["attention_mask"][self.rows:])
+        loc_mask = content_mask(self.model, self.inputs["input_ids"][self.rows:], self.inputs["attention_mask"][self.rows:])
+        return token_ce, s_edit, _row_means(scores[self.rows:], loc_mask)
 
 
 class _UpperForward:
@@ -263,9 +269,12 @@ class _UpperForward:
         head = self.stack.head
         if self.fused_head:
             picked = picked.to(head.weight.device)
-            token_ce = _HeadCrossEntropy.apply(picked, head.weight, head.bias, self.labels, self.head_buffer)
+            token_ce, self.is_top = _HeadCrossEntropy.apply(picked, head.weight, head.bias, self.labels,
+                                                            self.head_buffer)
         else:
-            token_ce = F.cross_entropy(head(picked).float(), self.labels, reduction="none")
+            logits = head(picked).float()
+            token_ce = F.cross_entropy(logits, self.labels, reduction="none")
+            self.is_top = logits.argmax(-1) == self.labels
         return token_ce, edit_scores(scores, batch), s_loc
 
 
@@ -299,6 +308,18 @@ def activation_loss(s_edit: torch.Tensor, s_loc: torch.Tensor, alpha: float, bet
     return loss
 
 
+def _edit_balanced_weights(label_rows: torch.Tensor, first_rehearsed: int) -> torch.Tensor:
+    """Token weights that give every edit the same share of the target loss: the new edit (its bare
+    and prefixed rows together) and each rehearsed earlier edit (one row each). A plain token mean
+    lets the new edit's many copies outweigh the replayed edits, which are then forgotten; without
+    rehearsal the weights are the plain mean."""
+    edit_of_token = torch.where(label_rows >= first_rehearsed, label_rows - first_rehearsed + 1,
+                                torch.zeros_like(label_rows))
+    counts = torch.bincount(edit_of_token)
+    n_edits = int((counts > 0).sum())
+    return 1.0 / (counts[edit_of_token].float() * n_edits)
+
+
 def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], batch: EditBatch,
                loc: tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor], hparams: WISEHyperParams,
                rehearsed: Sequence[torch.Tensor] = ()) -> EditResult:
@@ -323,16 +344,24 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     layer.editing = True
     layer.side_weight.requires_grad_(True)
     iterations, edit_loss, act_loss = 0, float("nan"), float("nan")
+    # The learned-stop reads the bare edit row (row 0: every target token at least stop_token_prob)
+    # and the rehearsed earlier edits (the last rows: every target token still the greedy choice),
+    # so an edit does not end while the memory has lost an edit it replays.
+    new_tokens = batch.label_rows == 0
+    first_rehearsed = batch.input_ids.shape[0] - len(batch.rehearsed)
+    rehearsed_tokens = batch.label_rows >= first_rehearsed
+    token_weight = _edit_balanced_weights(batch.label_rows, first_rehearsed)
     try:
         for iterations in range(1, hparams.n_iter + 1):
             layer.step_delta = layer.side_weight - layer.base.weight  # shared by every use in this step
             token_ce, s_edit, s_loc = forward(batch)
-            ce = token_ce.mean()
+            ce = (token_ce * token_weight.to(token_ce.device)).sum()
             act = activation_loss(s_edit, s_loc.to(s_edit.device), hparams.alpha, hparams.beta, hparams.gamma)
             edit_loss, act_loss = ce.item(), act.item()
             separated = s_loc.numel() == 0 or hparams.act_ratio * s_edit.detach().min().item() > s_loc.detach().max().item()
             learned = edit_loss < hparams.stop_loss or (hparams.stop_token_prob is not None and bool(
-                (token_ce[batch.label_rows == 0] < -math.log(hparams.stop_token_prob)).all()))  # row 0: the bare edit
+                (token_ce[new_tokens] < -math.log(hparams.stop_token_prob)).all())
+                and bool(forward.is_top[rehearsed_tokens.to(forward.is_top.device)].all()))
             if learned and separated:
                 break  # target learned and this edit already routes apart from the irrelevant rows
             layer.side_weight.grad = None
