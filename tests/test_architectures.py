@@ -21,8 +21,8 @@ from conftest import HPARAMS_DIR
 from wise_plugin import WISEHyperParams, apply_wise_to_model
 from wise_plugin.wise import find_layer
 from wise_plugin.wise import main as wise_main
-from wise_plugin.wise.data import build_batch
-from wise_plugin.wise.model import module_path, upper_stack
+from wise_plugin.core.rows import build_batch
+from wise_plugin.core.modules import module_path, upper_stack
 from wise_plugin.wise.trainer import _LocRows, _UpperForward
 
 VOCAB = 49152  # the SmolLM2 tokenizer is used for every tiny model

@@ -139,7 +139,8 @@ def test_missing_model_folder(smollm2_hparams):
 
 def test_request_loc_prompt_joins_the_pool_rows(smollm2, smollm2_hparams):
     from wise_plugin.wise.main import _draw_loc, _loc_rows
-    from wise_plugin.wise.model import projection_inputs, upper_stack
+    from wise_plugin.core.modules import upper_stack
+    from wise_plugin.wise.model import projection_inputs
 
     model, tok = smollm2
     apply_wise_to_model(model, tok, [request(0)], smollm2_hparams)

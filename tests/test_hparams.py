@@ -123,7 +123,7 @@ def test_unknown_embedded_model(tmp_path):
 
 def test_loc_pool_reads_zsre_records_and_the_builtin_pool():
     from conftest import ZSRE_TRAIN
-    from wise_plugin.wise.data import load_loc_pool
+    from wise_plugin.core.rows import load_loc_pool
 
     zsre = load_loc_pool(ZSRE_TRAIN)
     assert len(zsre) == 200 and all(text.startswith("nq question:") for text in zsre)
@@ -132,7 +132,7 @@ def test_loc_pool_reads_zsre_records_and_the_builtin_pool():
 
 
 def test_loc_pool_missing_file():
-    from wise_plugin.wise.data import load_loc_pool
+    from wise_plugin.core.rows import load_loc_pool
 
     with pytest.raises(HParamsError, match=r"loc_pool file not found: 'nowhere.json'"):
         load_loc_pool("nowhere.json")

@@ -20,7 +20,7 @@ from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe import (LEMoEHyperParams, apply_lemoe_to_model, detach, find_layer, load_checkpoint,
                                plan_edit_order, save_checkpoint)
 from wise_plugin.lemoe.model import CachedForward
-from wise_plugin.wise.data import build_batch
+from wise_plugin.core.rows import build_batch
 
 LEMOE_DIR = os.path.join(ROOT, "hparams", "LEMoE")
 ARCHITECTURES = ["llama-2-7b", "mistral-7b", "gpt-j-6b", "llama3-8b", "qwen2.5-7b"]

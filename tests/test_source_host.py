@@ -57,6 +57,15 @@ def test_plugin_editors_are_registered_and_the_hosts_wise_stays_reachable():
     assert "GRACE" in table
 
 
+def test_the_runner_finds_any_host_editors_hyper_parameter_class():
+    from wise_plugin.runner.editors import _host_hparams_class
+
+    assert _host_hparams_class("GRACE") == "easyeditor:GraceHyperParams"
+    assert _host_hparams_class("WISE-upstream") == "easyeditor:WISEHyperParams"
+    assert _host_hparams_class("DEFER") == "easyeditor:DeferHyperParams"
+    assert _host_hparams_class("WISE") is None  # ours: the plugin's own class, from the table
+
+
 def test_sequential_edit_evaluation_checkpoint_and_generation(smollm2_hparams, tmp_path, monkeypatch):
     """edit(sequential_edit=True) with loc_prompts: the host scores each edit with its own
     compute_edit_quality, summarises, and ends with edited_model.save(save_path); the checkpoint

@@ -6,7 +6,7 @@ import os
 from typing import Any, Union
 
 from wise_plugin.hparams import HParamsError
-from wise_plugin.host import import_host
+from wise_plugin.host import base_editor
 
 
 def _looks_local(name: str) -> bool:
@@ -19,8 +19,7 @@ def load_editor(hparams: Union[str, Any]) -> Any:
     Checks first what BaseEditor would otherwise report with a bare traceback: a local model
     folder that does not exist.
     """
-    import_host()
-    from easyeditor import BaseEditor
+    BaseEditor = base_editor()
 
     from wise_plugin.wise.config import WISEHyperParams
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wise_plugin.host import import_host
+from wise_plugin.host import compute_edit_quality, import_host
 
 logger = logging.getLogger("wise_plugin")
 
@@ -51,7 +51,6 @@ def zsre_requests(path: str, count: Optional[int] = None, start: int = 0) -> lis
 
 
 def _score(model: Any, editor: Any, request: dict[str, Any]) -> dict[str, Any]:
-    from easyeditor import compute_edit_quality
 
     with torch.no_grad():
         return compute_edit_quality(model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device)

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 logger = logging.getLogger("wise_plugin")
 
@@ -124,6 +124,26 @@ def host_import_error(flavour: str, error: BaseException) -> HostImportError:
     """The error for a host whose import failed: what failed, and how to install that flavour."""
     return HostImportError(f"Importing EasyEdit ({flavour} flavour) failed: {type(error).__name__}: {error}. "
                            f"{SOURCE_HINT if flavour == 'source' else INSTALL_HINT}")
+
+
+def host_attr(name: str) -> Any:
+    """A public name of the host package (``BaseEditor``, ``compute_edit_quality``, ``ZsreDataset``,
+    ``FTHyperParams``, ...): the one way the rest of the plugin reaches EasyEdit's code."""
+    module = import_host()
+    try:
+        return getattr(module, name)
+    except AttributeError as error:
+        raise HostImportError(f"this EasyEdit ({host_flavour()} flavour) has no {name!r}.") from error
+
+
+def base_editor() -> Any:
+    """The host's ``BaseEditor`` class."""
+    return host_attr("BaseEditor")
+
+
+def compute_edit_quality(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The host's ``compute_edit_quality`` (teacher-forced Rel/Gen and locality tokens)."""
+    return host_attr("compute_edit_quality")(*args, **kwargs)
 
 
 def alg_dict() -> dict[str, Callable]:

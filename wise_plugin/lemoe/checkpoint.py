@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from wise_plugin.checkpoint_files import read_checkpoint, write_checkpoint
+from wise_plugin.core.checkpoint_files import read_checkpoint, write_checkpoint
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.model import attach, find_layer
-from wise_plugin.wise.model import module_path
+from wise_plugin.core.modules import module_path
 
 FORMAT = "wise-plugin/lemoe"
 VERSION = 1

@@ -9,14 +9,14 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from wise_plugin.restore import RestoreHandle, check_request, editing
+from wise_plugin.core.restore import RestoreHandle, check_call, editing
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.lemoe.config import LEMoEHyperParams
 from wise_plugin.lemoe.model import attach, detach, find_layer, input_device, pooled_embeddings
 from wise_plugin.lemoe.planner import anchor_text, plan_requests
 from wise_plugin.lemoe.trainer import calibrate_gate, train_expert, train_router
-from wise_plugin.wise.data import load_loc_pool
+from wise_plugin.core.rows import load_loc_pool
 
 logger = logging.getLogger("wise_plugin.lemoe")
 
@@ -37,12 +37,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
     frozen and the next request opens a new one. Several requests in one call are first put in
     planned order (k-means clusters, see :mod:`wise_plugin.lemoe.planner`) when ``plan`` is on.
     """
-    if copy:
-        raise ValueError("LEMoE edits the model in place; copy=True is not supported.")
-    if not requests:
-        raise ValueError("no edit requests given.")
-    for request in requests:
-        check_request(request)
+    check_call(requests, copy, "LEMoE")
     if hparams.load_path and find_layer(model) is None:
         load_checkpoint(model, hparams.load_path, hparams)
         logger.info("LEMoE state loaded from %s", hparams.load_path)

@@ -11,7 +11,8 @@ from torch import nn
 
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.layer import LEMoELayer, pool
-from wise_plugin.wise.model import StopForward, UpperStack, cached_length, input_device, locate, upper_stack
+from wise_plugin.core.modules import (StopForward, UpperStack, cached_length, find_wrapper, input_device, locate,
+                                      swap_in, swap_out, upper_stack)
 
 __all__ = ["attach", "detach", "find_layer", "resolve", "pooled_embeddings", "CachedForward", "input_device"]
 
@@ -33,7 +34,7 @@ def _widths(module: nn.Module, hidden: int) -> tuple[int, int]:
 
 def find_layer(model: nn.Module) -> Optional[LEMoELayer]:
     """The LEMoE adaptor inside ``model``, if one is attached."""
-    return next((m for m in model.modules() if isinstance(m, LEMoELayer)), None)
+    return find_wrapper(model, LEMoELayer)
 
 
 def _routing_pre_hook(layer: LEMoELayer, embeddings: nn.Module):
@@ -73,21 +74,13 @@ def attach(model: nn.Module, path: str, expert_kind: str, rank: int, router_hidd
     _, ffn_width = _widths(module, hidden)
     width = ffn_width if expert_kind == "full" else rank
     layer = LEMoELayer(module, hidden, width, router_hidden, key_dim, lambda_, seed, input_device(model))
-    setattr(parent, name, layer)
-    layer.hook_handle = model.register_forward_pre_hook(_routing_pre_hook(layer, embeddings), with_kwargs=True)
+    swap_in(model, parent, name, layer, _routing_pre_hook(layer, embeddings))
     return layer, True
 
 
 def detach(model: nn.Module) -> bool:
     """Put the original FFN back and drop every expert; False if no adaptor was attached."""
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, LEMoELayer):
-                if child.hook_handle is not None:
-                    child.hook_handle.remove()
-                setattr(parent, name, child.base)
-                return True
-    return False
+    return swap_out(model, LEMoELayer)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from wise_plugin.lemoe.layer import LEMoELayer
 from wise_plugin.lemoe.model import CachedForward
-from wise_plugin.wise.data import build_batch
+from wise_plugin.core.rows import build_batch
 
 logger = logging.getLogger("wise_plugin.lemoe")
 
@@ -39,12 +39,15 @@ def train_expert(model: torch.nn.Module, layer: LEMoELayer, index: int, tok, hpa
             loss_value = float(loss.detach())
             if loss_value < hparams.stop_loss:
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    for param in params:
-        param.grad = None
+            _step(optimizer, loss)
+    optimizer.zero_grad(set_to_none=True)  # no gradients left on the expert
     return ExpertResult(step, loss_value)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def _cosines(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -86,11 +89,8 @@ def train_router(layer: LEMoELayer, hparams, open_index: int) -> dict[str, float
             stats = {"steps": step, "route_acc": correct, "loss": float(loss.detach())}
             if done or step == hparams.router_iter:
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    for param in params:
-        param.grad = None
+            _step(optimizer, loss)
+    optimizer.zero_grad(set_to_none=True)  # no gradients left on the router and key
     return stats
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Optional
 
+from wise_plugin.host import host_attr
 from wise_plugin.runner.errors import RunnerInputError
 
 logger = logging.getLogger("wise_plugin")
@@ -120,7 +121,7 @@ def _from_easyedit_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _zsre(path: str) -> list[dict[str, Any]]:
-    from easyeditor import ZsreDataset
+    ZsreDataset = host_attr("ZsreDataset")
 
     try:
         dataset = ZsreDataset(path)
@@ -130,7 +131,7 @@ def _zsre(path: str) -> list[dict[str, Any]]:
 
 
 def _counterfact(path: str) -> list[dict[str, Any]]:
-    from easyeditor import CounterFactDataset
+    CounterFactDataset = host_attr("CounterFactDataset")
 
     return [_from_easyedit_record(r) for r in CounterFactDataset(path)]
 

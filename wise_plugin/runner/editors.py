@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
-from wise_plugin.host import alg_dict, host_flavour
+from wise_plugin.host import alg_dict, base_editor, host_flavour, import_host
 from wise_plugin.runner.errors import RunnerInputError
 
 # alg_name -> "module:class" of its hyper-parameters; the plugin's classes validate themselves.
@@ -56,12 +56,28 @@ class EditorSpec:
     fingerprint: str
 
 
+def _host_hparams_class(alg_name: str) -> Optional[str]:
+    """``easyeditor:<Name>HyperParams`` from the same host package as ``ALG_DICT[alg_name]`` (e.g.
+    ``easyeditor.models.grace`` holds both ``apply_grace_to_model`` and ``GraceHyperParams``), so
+    any host editor can be compared without a table entry (multimodal variants aside); None when
+    there is no single match."""
+    apply_fn = alg_dict().get(alg_name)
+    package = getattr(apply_fn, "__module__", "").rpartition(".")[0]
+    if not package.startswith("easyeditor."):
+        return None
+    host = import_host()
+    found = [name for name in dir(host) if name.endswith("HyperParams") and "Multimodal" not in name
+             and isinstance(getattr(host, name), type) and getattr(host, name).__module__.rpartition(".")[0] == package]
+    return f"easyeditor:{found[0]}" if len(found) == 1 else None
+
+
 def _hparams_class(alg_name: str, path: str) -> type:
-    target = HPARAMS_CLASSES.get(alg_name)
+    target = HPARAMS_CLASSES.get(alg_name) or _host_hparams_class(alg_name)
     if target is None:
         raise RunnerInputError(
             f"{path}: the runner does not know the hyper-parameter class of alg_name {alg_name!r}; "
-            f"it can compare {', '.join(sorted(HPARAMS_CLASSES))}."
+            f"it can compare {', '.join(sorted(HPARAMS_CLASSES))} and host editors whose package has one "
+            "*HyperParams class."
         )
     module, _, name = target.partition(":")
     try:
@@ -165,7 +181,7 @@ def build_editor(spec: EditorSpec, model_factory: Optional[ModelFactory] = None)
     ``model_factory`` (tests) returns a ``(model, tokenizer)`` pair instead of loading ``model_name``;
     the name is put back afterwards, because the host's metrics read ``model_name.lower()``.
     """
-    from easyeditor import BaseEditor
+    BaseEditor = base_editor()
 
     hparams = copy.deepcopy(spec.hparams)
     if model_factory is None:

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wise_plugin.evaluation import contains_target, greedy_answer, wild_answer, wild_exact_match
+from wise_plugin.host import compute_edit_quality
 from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.runner.errors import RunnerInputError
@@ -97,7 +98,7 @@ def with_loc_prompts(requests: Sequence[dict[str, Any]], options: RunOptions) ->
     """The requests, each with a ``loc_prompt`` (kept when it has one): an irrelevant text drawn,
     seeded, from ``options.loc_prompts``, as the source-repository EasyEdit's ``loc_prompts``
     argument puts it there. Its WISE needs one per request; ours uses it as one more irrelevant row."""
-    from wise_plugin.wise.data import load_loc_pool
+    from wise_plugin.core.rows import load_loc_pool
 
     pool = load_loc_pool(options.loc_prompts)
     draw = random.Random(options.seed)
@@ -162,7 +163,6 @@ def _score(editor: Any, request: dict[str, Any], eval_metric: str, target_tokens
     fills it (hallucination passages do); here the budget is the longest prompt of the request
     plus ``target_tokens``, the same for every editor.
     """
-    from easyeditor import compute_edit_quality
 
     prompts = [request["prompt"], request.get("rephrase_prompt") or ""]
     prompts += [value["prompt"] for value in request.get("locality", {}).values()]

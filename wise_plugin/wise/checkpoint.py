@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wise_plugin.checkpoint_files import read_checkpoint, write_checkpoint
+from wise_plugin.core.checkpoint_files import read_checkpoint, write_checkpoint
 from wise_plugin.hparams import HParamsError
-from wise_plugin.wise.model import attach, find_layer, module_path
+from wise_plugin.core.modules import module_path
+from wise_plugin.wise.model import attach, find_layer
 
 FORMAT = "wise-plugin/wise-merge"
 VERSION = 1

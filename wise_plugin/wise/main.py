@@ -14,12 +14,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from wise_plugin.restore import RestoreHandle, check_request, editing
+from wise_plugin.core.restore import RestoreHandle, check_call, editing
 from wise_plugin.wise.config import WISEHyperParams
-from wise_plugin.wise.data import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
+from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
-from wise_plugin.wise.model import attach, block_inputs, detach, find_layer, input_device, projection_inputs, upper_stack
+from wise_plugin.core.modules import input_device, upper_stack
+from wise_plugin.wise.model import attach, block_inputs, detach, find_layer, projection_inputs
 from wise_plugin.wise import reuse
 from wise_plugin.wise.trainer import train_edit
 
@@ -128,12 +129,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
                         copy: bool = False, return_orig_weights: bool = False, keep_original_weight: bool = False,
                         **kwargs: Any) -> tuple[nn.Module, WISERestore]:
     """Edit ``model`` in place with WISE, one request after another; returns (model, restore handle)."""
-    if copy:
-        raise ValueError("WISE edits the model in place; copy=True is not supported.")
-    if not requests:
-        raise ValueError("no edit requests given.")
-    for request in requests:
-        check_request(request)
+    check_call(requests, copy, "WISE")
     inner_param = hparams.inner_params[0]
     if hparams.load_path and find_layer(model) is None:
         load_checkpoint(model, hparams.load_path, inner_param)

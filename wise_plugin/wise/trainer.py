@@ -17,9 +17,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from wise_plugin.wise.config import WISEHyperParams
-from wise_plugin.wise.data import EditBatch
+from wise_plugin.core.rows import EditBatch
 from wise_plugin.wise.layer import WISELayer
-from wise_plugin.wise.model import BlockCall, UpperStack, block_calls, content_mask, mlp_at
+from wise_plugin.core.modules import BlockCall, UpperStack, block_calls, content_mask, mlp_at
 
 logger = logging.getLogger("wise_plugin.wise")
 

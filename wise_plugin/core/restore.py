@@ -40,6 +40,17 @@ class RestoreHandle(dict):
         return super().items()
 
 
+def check_call(requests: list[dict[str, Any]], copy: bool, editor: str) -> None:
+    """What every editor's host entry point checks before it changes anything: in-place editing
+    (``copy=False``), at least one request, each with a usable prompt and target."""
+    if copy:
+        raise ValueError(f"{editor} edits the model in place; copy=True is not supported.")
+    if not requests:
+        raise ValueError("no edit requests given.")
+    for request in requests:
+        check_request(request)
+
+
 def check_request(request: dict[str, Any]) -> None:
     """Reject an edit request without a usable prompt or target before anything changes."""
     for key in ("prompt", "target_new"):
