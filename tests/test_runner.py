@@ -162,6 +162,16 @@ def test_bad_input_stops_the_cli_before_any_edit(tmp_path, capsys, monkeypatch):
     assert not (out / RESULTS_FILE).exists()
 
 
+def test_options_alone_run_compare_even_when_a_value_names_a_subcommand(tmp_path, capsys, monkeypatch):
+    def no_edits(*args, **kwargs):
+        raise AssertionError("an editor was built despite bad input")
+
+    monkeypatch.setattr("wise_plugin.runner.protocol.build_editor", no_edits)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--out", "demo", "--T", "50"]) == 2
+    assert "wise-plugin compare: error: T=50 is larger than the data" in capsys.readouterr().err
+
+
 def test_cli_defaults_compare_wise_and_lemoe_with_ft_on_the_builtin_set():
     args = cli.build_parser().parse_args(["compare"])
     lemoe_yaml = os.path.join(os.path.dirname(os.path.dirname(WISE_YAML)), "LEMoE", "smollm2-135m.yaml")

@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit status (2 for bad input, with a message naming the fix)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a in COMMANDS for a in argv) and not {"-h", "--help"} & set(argv):
-        argv = ["compare", *argv]
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["compare", *argv]  # options alone (or nothing) run compare, whatever values they carry
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

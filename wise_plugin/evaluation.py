@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wise_plugin.host import compute_edit_quality, import_host
+from wise_plugin.host import compute_edit_quality, host_flavour, import_host
 
 logger = logging.getLogger("wise_plugin")
 
@@ -59,8 +59,6 @@ def _score(model: Any, editor: Any, request: dict[str, Any]) -> dict[str, Any]:
 def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
     """Send ``requests`` through ``BaseEditor.edit`` in order (one host call per request batch); on the
     source-repository host with ``sequential_edit=True``, its own switch for keeping edits."""
-    from wise_plugin.host import host_flavour
-
     sequential = {"sequential_edit": True} if host_flavour() == "source" else {}
     editor.edit(
         prompts=[r["prompt"] for r in requests],
