@@ -113,7 +113,7 @@ def main() -> None:
     merge.retrieve, merge.save_freq, merge.merge_freq = False, 2, 4
     merge_model = copy.deepcopy(pristine)
     apply_wise_to_model(merge_model, tok, zsre_requests(args.data, 4, 200), merge)
-    assert find_layer(merge_model).threshold is not None and not find_layer(merge_model).group_thresholds
+    assert find_layer(merge_model).book.threshold is not None and not find_layer(merge_model).book.group_thresholds
     ratios = {"merge": overhead(merge_model, pristine, batch, args.repeats)}
     del merge_model
     retrieve = copy.deepcopy(hparams)
@@ -124,7 +124,7 @@ def main() -> None:
         more = zsre_requests(args.data, memories - made, 100 + made)
         apply_wise_to_model(retrieve_model, tok, more, retrieve)
         made = memories
-        assert len(find_layer(retrieve_model).group_thresholds) == memories
+        assert len(find_layer(retrieve_model).book.group_thresholds) == memories
         ratios[f"retrieve_{memories}"] = overhead(retrieve_model, pristine, batch, args.repeats)
     result["inference_overhead"] = ratios
 

@@ -22,7 +22,7 @@ import time
 import torch
 
 import wise_plugin
-from wise_plugin.evaluation import add_greedy, apply_overrides, example_parser, lifelong_evaluate, write_result, \
+from wise_plugin.evaluation import apply_overrides, example_parser, lifelong_evaluate, write_result, \
     zsre_requests
 from wise_plugin.lemoe import LEMoEHyperParams, find_layer, plan_requests
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser = example_parser(__doc__.splitlines()[0], os.path.join(ROOT, "hparams", "LEMoE", "smollm2-135m.yaml"),
                             DEFAULT_DATA, os.path.join(ROOT, "results", "lemoe_zsre"), n=100)
     parser.add_argument("--order", choices=("stream", "planned"), default="stream")
-    parser.add_argument("--no-greedy", action="store_true", help="skip the greedy-generation check")
+    parser.add_argument("--no-greedy", action="store_true", help="skip the generation-based scores (greedy contains target, WILD exact match)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
@@ -49,9 +49,7 @@ def main() -> None:
         plan = plan_requests(editor.model, editor.tok, requests, hparams.edits_per_expert, hparams.seed)
         requests = [requests[i] for i in plan.order]
     start = time.perf_counter()
-    result = lifelong_evaluate(editor, requests)
-    if not args.no_greedy:
-        add_greedy(result, editor, requests)
+    result = lifelong_evaluate(editor, requests, generation=not args.no_greedy)
     layer = find_layer(editor.model)
     result.update(wall_seconds=time.perf_counter() - start, hparams=args.hparams, overrides=args.set,
                   order=args.order, gate=hparams.gate, data=os.path.relpath(args.data, ROOT), start=args.start,

@@ -20,7 +20,7 @@ import time
 import torch
 
 import wise_plugin
-from wise_plugin.evaluation import add_greedy, apply_overrides, example_parser, lifelong_evaluate, write_result, \
+from wise_plugin.evaluation import apply_overrides, example_parser, lifelong_evaluate, write_result, \
     zsre_requests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,7 +49,6 @@ def main() -> None:
     requests = zsre_requests(args.data, args.n, args.start)
     start = time.perf_counter()
     result = lifelong_evaluate(editor, requests, edited_before=args.edited_before)
-    add_greedy(result, editor, requests)
     result.update(wall_seconds=time.perf_counter() - start, hparams=args.hparams, overrides=args.set,
                   data=os.path.relpath(args.data, ROOT), start=args.start)
     print(write_result(result, args.out, "Lifelong ZsRE, WISE on SmolLM2-135M", {

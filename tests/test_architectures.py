@@ -19,7 +19,7 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2Tokenizer, GPTJC
 
 from conftest import HPARAMS_DIR
 from wise_plugin import WISEHyperParams, apply_wise_to_model
-from wise_plugin.wise import find_layer
+from wise_plugin.wise import SetupCache, detach, find_layer
 from wise_plugin.wise import main as wise_main
 from wise_plugin.core.rows import build_batch
 from wise_plugin.core.modules import module_path, upper_stack
@@ -70,7 +70,7 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
 
     edited, handle = apply_wise_to_model(model, tok, [dict(REQUEST)], hparams)
     layer = find_layer(edited)
-    assert layer is not None and layer.edits == 1 and layer.threshold is not None
+    assert layer is not None and layer.book.edits == 1 and layer.book.threshold is not None
     target = edited
     for part in path:
         target = target[int(part)] if part.isdigit() else getattr(target, part)
@@ -82,13 +82,13 @@ def test_one_edit_through_the_yaml_module_path(name, tok):
     assert edited(**batch).logits.shape[:2] == batch["input_ids"].shape
 
     batch_rows = build_batch(tok, REQUEST["prompt"], REQUEST["target_new"], [], False, torch.device("cpu"))
-    no_loc = _LocRows(layer.pool_acts[:0], layer.pool_mask[:0])
+    no_loc = _LocRows(layer.caches.pool_acts[:0], layer.caches.pool_mask[:0])
     assert _UpperForward(edited, layer, stack, batch_rows, no_loc).additive, "edited block must split as rest + projection"
 
     hparams.fast_path = False
     apply_wise_to_model(reference_model, tok, [dict(REQUEST)], hparams)
     torch.testing.assert_close(find_layer(reference_model).side_weight, layer.side_weight, rtol=1e-4, atol=1e-5)
-    assert find_layer(reference_model).threshold == pytest.approx(layer.threshold, rel=1e-4)
+    assert find_layer(reference_model).book.threshold == pytest.approx(layer.book.threshold, rel=1e-4)
 
     handle()
     assert find_layer(edited) is None
@@ -109,7 +109,7 @@ def test_rehearsed_rows_from_the_cache_match_the_reference_path(name, tok):
     for request in requests:
         apply_wise_to_model(model, tok, [request], hparams)
     layer = find_layer(model)
-    assert layer.kwargs_shared and len(layer.block_inputs) == 3
+    assert layer.caches.kwargs_shared and len(layer.caches.block_inputs) == 3
     hparams.fast_path = False
     for request in requests:
         apply_wise_to_model(reference_model, tok, [request], hparams)
@@ -143,7 +143,7 @@ def test_half_precision_model_keeps_its_dtype(tok, dtype):
     edited, _ = apply_wise_to_model(model, tok, [dict(REQUEST)], hparams)
     layer = find_layer(edited)
     assert layer.side_weight.dtype == dtype and layer.side_base.dtype == dtype
-    assert layer.threshold is not None and torch.isfinite(torch.tensor(layer.threshold))
+    assert layer.book.threshold is not None and torch.isfinite(torch.tensor(layer.book.threshold))
     changed = layer.side_weight.detach() != layer.base.weight
     assert changed.any() and not changed[~layer.mask].any()
     batch = tok(["The capital of Australia is Melbourne", "Hi"], return_tensors="pt", padding=True)
@@ -161,14 +161,21 @@ def test_setup_is_reused_only_for_a_model_with_the_same_weights(tok, monkeypatch
     real = wise_main.generate_prefixes
     monkeypatch.setattr(wise_main, "generate_prefixes", lambda *a, **k: generated.append(1) or real(*a, **k))
 
-    first, _ = apply_wise_to_model(copy.deepcopy(pristine), tok, [dict(REQUEST)], hparams)
-    again, _ = apply_wise_to_model(copy.deepcopy(pristine), tok, [dict(REQUEST)], hparams)
+    cache = SetupCache()
+    first, _ = apply_wise_to_model(copy.deepcopy(pristine), tok, [dict(REQUEST)], hparams, setup_cache=cache)
+    again, _ = apply_wise_to_model(copy.deepcopy(pristine), tok, [dict(REQUEST)], hparams, setup_cache=cache)
     assert len(generated) == 1, "the second model with the same weights must reuse the setup"
-    assert find_layer(again).prefixes == find_layer(first).prefixes
+    assert find_layer(again).caches.prefixes == find_layer(first).caches.prefixes
     torch.testing.assert_close(find_layer(again).side_weight, find_layer(first).side_weight, rtol=0, atol=0)
 
     changed = copy.deepcopy(pristine)
     with torch.no_grad():
         changed.model.layers[0].mlp.up_proj.weight[0, 0] += 0.5
-    apply_wise_to_model(changed, tok, [dict(REQUEST)], hparams)
+    apply_wise_to_model(changed, tok, [dict(REQUEST)], hparams, setup_cache=cache)
     assert len(generated) == 2, "a model with other weights must compute its own setup"
+    alone = copy.deepcopy(pristine)
+    apply_wise_to_model(alone, tok, [dict(REQUEST)], hparams)
+    assert len(generated) == 3, "without a cache held by the caller nothing is shared between models"
+    detach(alone)  # as a host does after each edit without lifelong: the model keeps its setup
+    apply_wise_to_model(alone, tok, [dict(REQUEST)], hparams)
+    assert len(generated) == 3, "the same model must not redo its setup after its side memory was detached"

@@ -69,7 +69,7 @@ def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, ret
     loaded = copy.deepcopy(tiny)
     load_checkpoint(loaded, str(tmp_path), hparams.inner_params[0])
     assert find_layer(loaded).route_by == hparams.route_by  # a loaded model routes as the saved one did
-    assert find_layer(loaded).kwargs_shared is True  # its next edit reuses the stored rehearsal states at once
+    assert find_layer(loaded).caches.kwargs_shared is True  # its next edit reuses the stored rehearsal states at once
 
     resumed = copy.deepcopy(tiny)  # a model that never saw the first three edits
     hparams.load_path = str(tmp_path)
@@ -77,12 +77,12 @@ def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, ret
         apply_wise_to_model(resumed, tok, [request(i)], hparams)
 
     a, b = find_layer(straight), find_layer(resumed)
-    assert b.edits == 6 and b.shard_index == a.shard_index
+    assert b.book.edits == 6 and b.book.shard_index == a.book.shard_index
     assert torch.allclose(a.side_weight, b.side_weight, atol=1e-6)
     assert torch.allclose(a.side_base, b.side_base, atol=1e-6)
-    assert a.threshold == pytest.approx(b.threshold, rel=1e-5)
-    assert torch.equal(a.mask, b.mask) and a.memory == b.memory
-    assert a.group_thresholds == pytest.approx(b.group_thresholds) and len(a.group_thresholds) == (1 if retrieve else 0)
+    assert a.book.threshold == pytest.approx(b.book.threshold, rel=1e-5)
+    assert torch.equal(a.mask, b.mask) and a.book.memory == b.book.memory
+    assert a.book.group_thresholds == pytest.approx(b.book.group_thresholds) and len(a.book.group_thresholds) == (1 if retrieve else 0)
     assert torch.allclose(a.group_stack, b.group_stack, atol=1e-6)
 
 
@@ -99,7 +99,7 @@ def test_load_into_another_dtype_uses_safe_loading(tiny, tok, hparams, tmp_path)
     layer = find_layer(other)
     assert layer.side_weight.dtype == torch.bfloat16
     assert torch.equal(layer.side_weight, find_layer(tiny).side_weight.to(torch.bfloat16))
-    assert layer.threshold == find_layer(tiny).threshold
+    assert layer.book.threshold == find_layer(tiny).book.threshold
 
 
 def test_bad_checkpoints_are_rejected(tiny, tok, hparams, tmp_path):

@@ -46,8 +46,8 @@ def test_lifelong_edits_accumulate_across_base_editor_calls(smollm2_hparams):
         editor.edit(prompts=EDITS[i]["prompt"], target_new=EDITS[i]["target_new"],
                     ground_truth=EDITS[i]["ground_truth"], verbose=False)
     layer = find_layer(editor.model)
-    assert layer is not None and layer.edits == 2
-    assert [m for m, _ in layer.memory] == [e["prompt"] for e in EDITS]
+    assert layer is not None and layer.book.edits == 2
+    assert [m for m, _ in layer.book.memory] == [e["prompt"] for e in EDITS]
     assert rewrite_acc(editor, request(0)) == 1.0 and rewrite_acc(editor, request(1)) == 1.0
     assert "Michelangelo" in greedy_answer(editor.model, editor.tok, EDITS[1]["prompt"])
 
@@ -70,10 +70,10 @@ def test_restore_handle_rolls_back_one_call_at_a_time(smollm2, smollm2_hparams):
     after_first = find_layer(model).snapshot()
     _, second = apply_wise_to_model(model, tok, [request(1)], smollm2_hparams)
     layer = find_layer(model)
-    assert layer.edits == 2
+    assert layer.book.edits == 2
     second()  # the source-repo host calls the handle
-    assert layer.edits == 1 and torch.equal(layer.side_weight, after_first["side_weight"])
-    assert layer.threshold == after_first["threshold"]
+    assert layer.book.edits == 1 and torch.equal(layer.side_weight, after_first["side_weight"])
+    assert layer.book.threshold == after_first["threshold"]
     list(first.items())  # the package-index host iterates items()
     assert find_layer(model) is None
     assert torch.equal(logits(model, tok), pristine)
@@ -193,3 +193,23 @@ def test_mixed_batch_rows_match_running_each_alone(smollm2, smollm2_hparams, sid
         real = batch["attention_mask"][row].bool()
         torch.testing.assert_close(batched[row][real], single, atol=2e-4, rtol=1e-4)
 
+
+
+@pytest.mark.host
+def test_lifelong_evaluate_runs_the_runners_protocol_through_base_editor(smollm2_hparams):
+    """Two demo edits through ``BaseEditor.edit``, scored after the second by the runner's
+    ``score_stream``: the same record fields as a ``wise-plugin compare`` chunk."""
+    from wise_plugin.demo import demo_requests
+    from wise_plugin.evaluation import lifelong_evaluate
+
+    smollm2_hparams.lifelong = True
+    editor = wise_plugin.load_editor(smollm2_hparams)
+    requests = demo_requests()[:2]
+    with pytest.raises(ValueError, match="edited_before"):
+        lifelong_evaluate(editor, requests, edited_before=2)
+    result = lifelong_evaluate(editor, requests)
+    assert find_layer(editor.model).book.edits == 2
+    assert result["n"] == 2 and result["rewrite_acc"] == 1.0 and result["greedy_acc"] == 1.0
+    assert {"rel", "pre_rel", "gen", "loc", "greedy", "gen_rel", "wild_rel"} <= set(result["records"][0])
+    assert [r["index"] for r in result["records"]] == [0, 1]
+    assert 0.0 <= result["locality"] <= 1.0 and result["edit_seconds_per_edit"] > 0

@@ -136,3 +136,17 @@ def test_loc_pool_missing_file():
 
     with pytest.raises(HParamsError, match=r"loc_pool file not found: 'nowhere.json'"):
         load_loc_pool("nowhere.json")
+
+
+def test_shipped_recipes_are_found_by_name_outside_a_checkout(tmp_path, monkeypatch):
+    """The CLI and demo name their default YAMLs; that must work from any folder (an installed wheel)."""
+    from wise_plugin.hparams import RECIPES, find_hparams, shipped_recipes
+
+    monkeypatch.chdir(tmp_path)  # no hparams/ folder here
+    path = find_hparams("WISE/smollm2-135m")
+    assert os.path.commonpath([path, RECIPES]) == RECIPES and path.endswith("smollm2-135m.yaml")
+    assert find_hparams("hparams/WISE/smollm2-135m.yaml") == path
+    assert WISEHyperParams.from_hparams("WISE/smollm2-135m").alg_name == "WISE"
+    assert {"WISE/smollm2-135m", "LEMoE/smollm2-135m-gate", "FT/smollm2-135m"} <= set(shipped_recipes())
+    with pytest.raises(HParamsError, match="WISE/smollm2-135m"):  # the error lists what is shipped
+        find_hparams("WISE/no-such-model")

@@ -32,7 +32,7 @@ def test_masks_are_seeded_and_differ_between_shards():
     a, b = make_layer(seed=3), make_layer(seed=3)
     assert torch.equal(a.mask, b.mask)
     assert abs(a.mask.float().mean().item() - 0.2) < 0.1
-    assert not torch.equal(a._draw_mask(0), a._draw_mask(1))
+    assert not torch.equal(a.book.draw_mask(0), a.book.draw_mask(1))
 
 
 def test_per_row_routing_ignores_padding():
@@ -45,9 +45,9 @@ def test_per_row_routing_ignores_padding():
     layer.token_mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
     scores = layer.token_scores(x)
     row0, row1 = scores[0].mean(), scores[1, 2:].mean()
-    layer.threshold = float((row0 + row1) / 2)
+    layer.book.threshold = float((row0 + row1) / 2)
     out = layer(x)
-    torch.testing.assert_close(out[0], layer._project(x[0], layer.side_weight))
+    torch.testing.assert_close(out[0], layer.project(x[0], layer.side_weight))
     torch.testing.assert_close(out[1], layer.base(x[1]))
 
 
@@ -64,12 +64,12 @@ def test_generation_keeps_the_prompt_decision():
     with torch.no_grad():
         layer.side_weight.add_(torch.randn_like(layer.side_weight))
     prompt = torch.randn(1, 6, 16) * 10
-    layer.threshold = float(layer.token_scores(prompt).mean()) / 2
+    layer.book.threshold = float(layer.token_scores(prompt).mean()) / 2
     layer(prompt)
     assert layer.cached_choice.tolist() == [0]
     layer.continuing = True  # a cached generation step: one new token with a tiny score
     step = torch.zeros(1, 1, 16)
-    torch.testing.assert_close(layer(step), layer._project(step, layer.side_weight))
+    torch.testing.assert_close(layer(step), layer.project(step, layer.side_weight))
 
 
 def test_snapshot_restore_round_trip():
@@ -80,7 +80,7 @@ def test_snapshot_restore_round_trip():
     layer.finish_edit(2.0, 0.5, save_freq=1, merge_freq=2, merge_alg="ties", densities=0.53, weights=1.0)
     layer.restore(state)
     assert torch.equal(layer.side_weight, state["side_weight"])
-    assert layer.edits == 0 and layer.threshold is None and layer.shard_deltas == []
+    assert layer.book.edits == 0 and layer.book.threshold is None and layer.book.shard_deltas == []
 
 
 def test_conv1d_layout_matches_the_base_module():
@@ -88,7 +88,7 @@ def test_conv1d_layout_matches_the_base_module():
     conv = Conv1D(8, 16)  # GPT-2 layout: weight (in=16, out=8)
     layer = WISELayer(conv, mask_ratio=1.0, seed=0)
     x = torch.randn(2, 3, 16)
-    torch.testing.assert_close(layer._project(x, layer.side_weight), conv(x))
+    torch.testing.assert_close(layer.project(x, layer.side_weight), conv(x))
     assert layer.token_scores(x).abs().max() == 0
 
 
@@ -114,13 +114,13 @@ def test_retrieve_routes_each_row_to_its_own_memory(conv1d):
     eye = torch.eye(16)
     for k in range(3):  # three merge groups, each retired as its own memory
         _edit_towards(layer, eye[k], score=2.0)
-    assert len(layer.group_thresholds) == 3 and layer.threshold is None
+    assert len(layer.book.group_thresholds) == 3 and layer.book.threshold is None
     assert torch.equal(layer.side_weight, layer.base.weight)  # the next group starts from the main memory
     x = torch.stack([eye[2].repeat(3, 1), eye[0].repeat(3, 1), eye[9].repeat(3, 1)]) * 4
     out = layer(x)
     assert layer.cached_choice.tolist() == [2, 0, -1]
     for row, memory in enumerate([2, 0]):
-        expected = layer.base(x[row]) + layer._apply_delta(x[row], layer._memory_delta(memory, x.dtype))
+        expected = layer.base(x[row]) + layer.apply_delta(x[row], layer._memory_delta(memory, x.dtype))
         torch.testing.assert_close(out[row], expected)
     torch.testing.assert_close(out[2], layer.base(x[2]))
     layer.continuing = True  # generation: the prompt's choice holds for the new token
@@ -163,6 +163,6 @@ def test_retrieve_state_survives_snapshot_restore():
     _edit_towards(layer, torch.eye(16)[0], score=2.0)
     state = layer.snapshot()
     _edit_towards(layer, torch.eye(16)[1], score=2.0)
-    assert len(layer.group_thresholds) == 2
+    assert len(layer.book.group_thresholds) == 2
     layer.restore(state)
-    assert len(layer.group_thresholds) == 1 and layer.group_stack.shape == (8, 16) and layer.group_start == 1
+    assert len(layer.book.group_thresholds) == 1 and layer.group_stack.shape == (8, 16) and layer.book.group_start == 1

@@ -36,7 +36,7 @@ def test_layer_merges_every_merge_freq_edits_into_the_side_base():
         layer.finish_edit(1.0, 0.5, save_freq=1, merge_freq=2, merge_alg="ties", densities=0.5, weights=1.0)
     torch.testing.assert_close(layer.side_base, original + EXPECTED)
     torch.testing.assert_close(layer.side_weight.detach(), original + EXPECTED)
-    assert layer.shard_deltas == [] and layer.edits == 2 and layer.shard_index == 2
+    assert layer.book.shard_deltas == [] and layer.book.edits == 2 and layer.book.shard_index == 2
 
 
 def test_linear_merge_sums_every_shard():

@@ -174,8 +174,12 @@ def test_options_alone_run_compare_even_when_a_value_names_a_subcommand(tmp_path
 
 def test_cli_defaults_compare_wise_and_lemoe_with_ft_on_the_builtin_set():
     args = cli.build_parser().parse_args(["compare"])
+    from wise_plugin.hparams import find_hparams
+
     lemoe_yaml = os.path.join(os.path.dirname(os.path.dirname(WISE_YAML)), "LEMoE", "smollm2-135m.yaml")
-    assert args.hparams == [WISE_YAML, lemoe_yaml, FT_YAML] and all(os.path.isfile(p) for p in args.hparams)
+    # shipped recipes by name, so the defaults also work from an installed wheel
+    assert [os.path.realpath(find_hparams(p)) for p in args.hparams] == \
+        [os.path.realpath(p) for p in (WISE_YAML, lemoe_yaml, FT_YAML)]
     assert args.data is None and args.dataset is None and args.t_values == [1, 6] and compare_cli.BUILTIN_N == 6
 
 
@@ -280,3 +284,16 @@ def test_lora_is_refused_up_front_on_the_package_index_host(tmp_path):
     path.write_text("alg_name: LoRA\nmodel_name: tiny-random-gpt2tok\n")
     with pytest.raises(RunnerInputError, match="'LoRA' cannot run on this host"):
         load_specs([str(path)])
+
+
+def test_fresh_model_of_each_chunk_reuses_the_runs_wise_setup(tiny_yamls, smollm2_path, tmp_path, monkeypatch):
+    """Every chunk rebuilds the unedited model; the run's SetupCache spares WISE its setup after the first."""
+    from wise_plugin.wise import main as wise_main
+
+    calls = []
+    real = wise_main.generate_prefixes
+    monkeypatch.setattr(wise_main, "generate_prefixes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    models = TinyModels(smollm2_path)
+    run_comparison(load_specs(tiny_yamls[:1]), load_requests("builtin"), dataset_format("builtin"),
+                   RunOptions(t_values=(1,), n=3, progress=False), str(tmp_path), model_factory=models)
+    assert models.calls == 3 and len(calls) == 1

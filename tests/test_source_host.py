@@ -85,7 +85,7 @@ def test_sequential_edit_evaluation_checkpoint_and_generation(smollm2_hparams, t
     metrics, edited, handle = editor.edit(**edit_kwargs(), loc_prompts=["Water boils at 100 degrees Celsius."],
                                           sequential_edit=True)
     assert [r["loc_prompt"] for r in seen] == ["Water boils at 100 degrees Celsius."] * 2
-    assert edited is editor.model and find_layer(editor.model).edits == 2
+    assert edited is editor.model and find_layer(editor.model).book.edits == 2
     assert all(m["post"]["rewrite_acc"] == [1.0] for m in metrics)
     assert all("neighborhood_acc" in m["post"]["locality"] for m in metrics)
     summary = json.loads((tmp_path / "logs" / "results.json").read_text())
@@ -108,7 +108,7 @@ def test_sequential_edit_evaluation_checkpoint_and_generation(smollm2_hparams, t
     editor2 = BaseEditor.from_hparams(resumed)
     editor2.edit(prompts="The Eiffel Tower is located in", target_new="Rome", sequential_edit=True, verbose=False)
     layer = find_layer(editor2.model)
-    assert layer.edits == 3 and [p for p, _ in layer.memory][:2] == [e[0] for e in EDITS]
+    assert layer.book.edits == 3 and [p for p, _ in layer.book.memory][:2] == [e[0] for e in EDITS]
 
 
 def test_without_sequential_edit_the_host_calls_the_restore_handle(smollm2_hparams, tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from importlib import resources
 from typing import Any, Sequence
@@ -19,7 +18,7 @@ import wise_plugin
 from wise_plugin.editor import load_editor
 from wise_plugin.evaluation import greedy_answer, lifelong_evaluate
 
-DEFAULT_HPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hparams", "WISE", "smollm2-135m.yaml")
+DEFAULT_HPARAMS = "WISE/smollm2-135m"  # a shipped recipe, found by name from a checkout or a wheel
 
 
 def demo_requests() -> list[dict[str, Any]]:
@@ -35,7 +34,7 @@ def demo_requests() -> list[dict[str, Any]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``wise-plugin demo``."""
-    parser.add_argument("--hparams", default=DEFAULT_HPARAMS, help="WISE hparams YAML (default: %(default)s)")
+    parser.add_argument("--hparams", default=DEFAULT_HPARAMS, help="WISE hparams YAML: a path or a shipped recipe's name (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -57,8 +56,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
           f"{result['n']} edits, all scored after the last one")
     print(f"{'prompt':45} {'target':18} {'rel pre':>7} {'rel':>5} {'gen':>5} {'loc':>5}")
     for r in result["records"]:
-        print(f"{r['prompt'][:45]:45} {r['target_new'][:18]:18} {r['pre_rewrite_acc']:7.2f} "
-              f"{r['rewrite_acc']:5.2f} {r['rephrase_acc']:5.2f} {r['locality']:5.2f}")
+        print(f"{r['prompt'][:45]:45} {r['target_new'][:18]:18} {r['pre_rel']:7.2f} "
+              f"{r['rel']:5.2f} {r['gen']:5.2f} {r['loc']:5.2f}")
     print(f"mean: rewrite_acc {result['rewrite_acc']:.3f}  rephrase_acc {result['rephrase_acc']:.3f}  "
           f"locality {result['locality']:.3f}  edit time {result['edit_seconds_per_edit']:.1f} s/edit\n")
     print("greedy generations (before -> after):")

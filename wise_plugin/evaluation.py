@@ -1,7 +1,10 @@
-"""Lifelong evaluation with EasyEdit's own metrics: edit T requests, then score all T.
+"""Lifelong evaluation of a caller's ``BaseEditor`` and the generation-based scores.
 
 The host editors score each edit right after making it; the lifelong number of the WISE paper
-scores every edit after the last one, with locality measured against the unedited model.
+scores every edit after the last one, with locality measured against the unedited model. That
+protocol has one home, :func:`wise_plugin.runner.protocol.score_stream`; ``lifelong_evaluate``
+runs it through ``BaseEditor.edit`` for the examples and the demo. The greedy and WILD-style
+answers, and the example scripts' shared options, live here.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from wise_plugin.host import compute_edit_quality, host_flavour, import_host
+from wise_plugin.host import host_flavour, import_host
 
 logger = logging.getLogger("wise_plugin")
 
@@ -50,12 +52,6 @@ def zsre_requests(path: str, count: Optional[int] = None, start: int = 0) -> lis
     return requests
 
 
-def _score(model: Any, editor: Any, request: dict[str, Any]) -> dict[str, Any]:
-
-    with torch.no_grad():
-        return compute_edit_quality(model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device)
-
-
 def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
     """Send ``requests`` through ``BaseEditor.edit`` in order (one host call per request batch); on the
     source-repository host with ``sequential_edit=True``, its own switch for keeping edits."""
@@ -77,47 +73,42 @@ def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
     )
 
 
-def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]], edited_before: int = 0) -> dict[str, Any]:
-    """Score ``requests`` before, edit them all through ``editor``, then score all of them again.
+def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]], edited_before: int = 0,
+                      dataset: str = "zsre", generation: bool = True) -> dict[str, Any]:
+    """The runner's lifelong protocol (:func:`wise_plugin.runner.protocol.score_stream`) on a
+    ``BaseEditor`` the caller built: score ``requests``, edit them all through ``editor.edit``, then
+    score all of them again.
 
     ``editor.hparams.lifelong`` must be true so the host does not undo each edit. With
     ``edited_before = k`` the first k requests are already in a checkpoint that the first edit
     call loads (``hparams.load_path``): only the rest are edited, all are scored. Returns the means
-    (rewrite_acc, rephrase_acc, locality), per-request records and timings.
+    (``rewrite_acc``, ``rephrase_acc``, ``locality``, ``greedy_acc``: greedy output contains the
+    target, ``wild_rel``: WILD-style exact match; both skipped with ``generation=False``), the
+    per-request records and the edit time.
     """
+    from wise_plugin.runner.datasets import dataset_format
+    from wise_plugin.runner.protocol import RunOptions, score_stream
+
     import_host()
     if not getattr(editor.hparams, "lifelong", False):
         raise ValueError("lifelong_evaluate needs hparams.lifelong = True, else the host undoes every edit.")
-    pre = [_score(editor.model, editor, r) for r in tqdm(requests, desc="scoring before edits", unit="edit")]
-    start = time.perf_counter()
     if not 0 <= edited_before < len(requests):
         raise ValueError(f"edited_before must be in [0, {len(requests)}), got {edited_before}.")
-    edit_via_editor(editor, requests[edited_before:])
-    edit_seconds = time.perf_counter() - start
-    records = []
-    for request, before in tqdm(list(zip(requests, pre)), desc="scoring after all edits", unit="edit"):
-        after = _score(editor.model, editor, request)
-        locality = {
-            key: float(np.mean(np.equal(after["locality"][f"{key}_output"], before["locality"][f"{key}_output"])))
-            for key in request["locality"]
-        }
-        records.append({
-            "prompt": request["prompt"],
-            "target_new": request["target_new"],
-            "rewrite_acc": float(np.mean(after["rewrite_acc"])),
-            "rephrase_acc": float(np.mean(after["rephrase_acc"])) if "rephrase_acc" in after else None,
-            "locality": float(np.mean(list(locality.values()))) if locality else None,
-            "pre_rewrite_acc": float(np.mean(before["rewrite_acc"])),
-        })
-    mean = lambda key: float(np.mean([r[key] for r in records if r[key] is not None]))  # noqa: E731
-    return {
-        "n": len(records),
-        "rewrite_acc": mean("rewrite_acc"),
-        "rephrase_acc": mean("rephrase_acc"),
-        "locality": mean("locality"),
-        "edit_seconds_per_edit": edit_seconds / (len(records) - edited_before),
-        "records": records,
-    }
+
+    def apply(stream: Sequence[dict[str, Any]]) -> list[float]:
+        start = time.perf_counter()
+        edit_via_editor(editor, stream[edited_before:])
+        return [time.perf_counter() - start]
+
+    options = RunOptions(t_values=(len(requests),), progress=False)
+    records, edit_seconds, _ = score_stream(editor, requests, dataset_format(dataset), options, apply, progress=True,
+                                            generation=generation)
+    mean = lambda key: float(np.mean([r[key] for r in records if r.get(key) is not None]))  # noqa: E731
+    result = {"n": len(records), "rewrite_acc": mean("rel"), "rephrase_acc": mean("gen"), "locality": mean("loc"),
+              "edit_seconds_per_edit": edit_seconds / (len(records) - edited_before), "records": records}
+    if records and "gen_rel" in records[0]:
+        result.update(greedy_acc=mean("gen_rel"), wild_rel=mean("wild_rel"))
+    return result
 
 
 @torch.no_grad()
@@ -173,17 +164,6 @@ def wild_answer(model: Any, tok: Any, prompt: str, target: str, use_chat_templat
 def wild_exact_match(answer: str, target: str) -> bool:
     """Whether a WILD answer equals the target after :func:`normalize_answer`."""
     return normalize_answer(answer) == normalize_answer(target)
-
-
-def add_greedy(result: dict[str, Any], editor: Any, requests: Sequence[dict[str, Any]]) -> None:
-    """Generation-based reliability: each edited prompt's greedy continuation, and whether it holds
-    the new target; stored per record and as ``greedy_acc``."""
-    hits = []
-    for record, request in zip(result["records"], requests):
-        generation = greedy_answer(editor.model, editor.tok, request["prompt"])
-        hits.append(contains_target(generation, request["target_new"]))
-        record.update(greedy=generation, greedy_hit=hits[-1])
-    result["greedy_acc"] = float(np.mean(hits))
 
 
 # -- command-line helpers shared by the example scripts ------------------------------------------

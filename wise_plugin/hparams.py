@@ -32,13 +32,38 @@ class HyperParams:
             return cls(**json.load(handle))
 
 
-def read_yaml(path: str) -> dict[str, Any]:
-    """Read a mapping from ``path`` (``.yaml`` appended when missing, as upstream does)."""
+RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")  # the shipped YAMLs (package data)
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the shipped hyper-parameter files, e.g. ``WISE/smollm2-135m``."""
+    names = []
+    for folder in sorted(os.listdir(RECIPES)):
+        if os.path.isdir(os.path.join(RECIPES, folder)):
+            names += [f"{folder}/{file[:-5]}" for file in sorted(os.listdir(os.path.join(RECIPES, folder)))
+                      if file.endswith(".yaml")]
+    return names
+
+
+def find_hparams(path: str) -> str:
+    """The YAML file ``path`` names: a file (``.yaml`` appended when missing, as upstream does), or a
+    shipped recipe by name (``WISE/smollm2-135m``, also ``hparams/WISE/smollm2-135m.yaml`` outside a
+    checkout), so the same names work from a source checkout and from an installed wheel."""
     path = os.fspath(path)
-    if not path.endswith((".yaml", ".yml")) and not os.path.exists(path):
-        path += ".yaml"
-    if not os.path.isfile(path):
-        raise HParamsError(f"hparams file not found: {path!r}. Pass the path of a YAML file, e.g. hparams/WISE/smollm2-135m.yaml.")
+    for candidate in (path, path + ".yaml"):
+        if os.path.isfile(candidate):
+            return candidate
+    name = path.removeprefix("hparams/").removesuffix(".yaml")
+    shipped = os.path.join(RECIPES, *name.split("/")) + ".yaml"
+    if os.path.isfile(shipped):
+        return shipped
+    raise HParamsError(f"hparams file not found: {path!r}. Pass the path of a YAML file or the name of a shipped "
+                       f"one: {', '.join(shipped_recipes())}.")
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """Read a mapping from the YAML file ``path`` names (see :func:`find_hparams`)."""
+    path = find_hparams(path)
     with open(path, encoding="utf-8") as handle:
         try:
             data = yaml.safe_load(handle)

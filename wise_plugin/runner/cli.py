@@ -15,10 +15,7 @@ import platform
 import shlex
 from typing import Any, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_HPARAMS = (os.path.join(ROOT, "hparams", "WISE", "smollm2-135m.yaml"),
-                   os.path.join(ROOT, "hparams", "LEMoE", "smollm2-135m.yaml"),
-                   os.path.join(ROOT, "hparams", "FT", "smollm2-135m.yaml"))
+DEFAULT_HPARAMS = ("WISE/smollm2-135m", "LEMoE/smollm2-135m", "FT/smollm2-135m")  # shipped recipes, by name
 DEFAULT_T = (1, 6)
 BUILTIN_N = 6  # with DEFAULT_T: 24 edits in all; WISE pays its per-model setup in each T=1 chunk
 DEFAULT_OUT = os.path.join("results", "compare")
@@ -36,8 +33,8 @@ logger = logging.getLogger("wise_plugin")
 def add_arguments(compare: argparse.ArgumentParser) -> None:
     """The options of ``wise-plugin compare``."""
     compare.add_argument("--hparams", nargs="+", default=list(DEFAULT_HPARAMS), metavar="YAML",
-                         help="one hparams YAML per editor, all for the same model "
-                              "(default: WISE, LEMoE and FT-L on the embedded SmolLM2)")
+                         help="one hparams YAML (a path, or a shipped recipe's name such as WISE/smollm2-135m) per "
+                              "editor, all for the same model (default: WISE, LEMoE and FT-L on the embedded SmolLM2)")
     compare.add_argument("--dataset", default=None,
                          help="zsre, counterfact, hallucination, temporal or builtin (default: builtin, "
                               "or zsre when --data is given)")

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import gc
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from wise_plugin.host import compute_edit_quality
 from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.runner.errors import RunnerInputError
+from wise_plugin.wise.caches import SetupCache
 
 logger = logging.getLogger("wise_plugin")
 
@@ -178,23 +180,33 @@ def _mean(values: Any) -> Optional[float]:
     return float(np.mean(values)) if values else None
 
 
-def _edit(editor: Any, request: dict[str, Any]) -> float:
+def _edit(editor: Any, request: dict[str, Any], setup_cache: Optional[SetupCache] = None) -> float:
     """Apply one request as ``BaseEditor.edit`` does (same apply function and arguments); returns seconds.
 
     ``BaseEditor.edit`` itself is not called: it scores every edit before and after it (two extra
     scorings per edit, which the protocol does not use) with the editor's own ``max_length``, and
     that scoring fails on prompts longer than ``max_length`` (hallucination passages).
     ``keep_original_weight=False`` makes the host's editors (FT) return no weights to
-    restore, and ``hparams.lifelong`` keeps the plugin's edits, so the edits accumulate.
+    restore, and ``hparams.lifelong`` keeps the plugin's edits, so the edits accumulate. Editors
+    that take a ``setup_cache`` (the plugin's WISE) get the comparison's, so each fresh model of
+    the same weights reuses the once-per-model setup.
     """
     chatter = io.StringIO()  # the host's editors print every optimisation step
+    extra = {"setup_cache": setup_cache} if setup_cache is not None and _takes(editor.apply_algo, "setup_cache") else {}
     start = time.perf_counter()
     with contextlib.redirect_stdout(chatter):
         editor.apply_algo(editor.model, editor.tok, [dict(request)], editor.hparams, copy=False,
-                          return_orig_weights=True, keep_original_weight=False, train_ds=None)
+                          return_orig_weights=True, keep_original_weight=False, train_ds=None, **extra)
     seconds = time.perf_counter() - start
     logger.debug("%s edit output:\n%s", editor.alg_name, chatter.getvalue())
     return seconds
+
+
+def _takes(function: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _record(request: dict[str, Any], index: int, fmt: DatasetFormat, before: dict[str, Any],
@@ -231,38 +243,59 @@ def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFormat, options: RunOptions,
+                 apply: Callable[[Sequence[dict[str, Any]]], Sequence[float]], first_index: int = 0,
+                 progress: bool = False, generation: bool = True) -> tuple[list[dict[str, Any]], float, float]:
+    """The lifelong protocol on one stream: score every request on the unedited model, ``apply``
+    them all (it returns edit seconds, one per request or one in all), then score every request
+    again; locality is agreement with the unedited model's tokens. With ``generation`` and short
+    targets each record also gets the greedy and WILD-style answers. Returns the per-request records
+    (index ``first_index`` on), the edit seconds and the scoring seconds."""
+    eval_start = time.perf_counter()
+    before = [_score(editor, r, fmt.eval_metric, options.eval_target_tokens)
+              for r in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress)]
+    eval_seconds = time.perf_counter() - eval_start
+    edit_seconds = list(apply(requests))
+    per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
+    eval_start = time.perf_counter()
+    records = []
+    scored = tqdm(list(zip(requests, before)), desc="scoring after all edits", unit="edit", disable=not progress)
+    for offset, (request, pre) in enumerate(scored):
+        record = _record(request, first_index + offset, fmt, pre,
+                         _score(editor, request, fmt.eval_metric, options.eval_target_tokens), options)
+        if generation and fmt.name in GREEDY_FORMATS:
+            record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
+            record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
+            record.update(_wild(editor, request))
+        if per_request[offset] is not None:
+            record["edit_seconds"] = per_request[offset]
+        records.append(record)
+    return records, float(sum(edit_seconds)), eval_seconds + time.perf_counter() - eval_start
+
+
 def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
               options: RunOptions, model_factory: Optional[ModelFactory] = None,
-              bar: Optional[tqdm] = None) -> dict[str, Any]:
+              bar: Optional[tqdm] = None, setup_cache: Optional[SetupCache] = None) -> dict[str, Any]:
     """Edit the chunk's requests on a fresh editor, then score all of them; returns the chunk's line."""
     _seed(options.seed)
     editor = build_editor(spec, model_factory)
-    try:
-        eval_start = time.perf_counter()
-        before = [_score(editor, r, fmt.eval_metric, options.eval_target_tokens) for r in requests]
-        eval_seconds = time.perf_counter() - eval_start
-        edit_seconds = []
-        for request in requests:
-            edit_seconds.append(_edit(editor, request))
+
+    def apply(stream: Sequence[dict[str, Any]]) -> list[float]:
+        seconds = []
+        for request in stream:
+            seconds.append(_edit(editor, request, setup_cache))
             if bar is not None:
                 bar.update(1)
-        eval_start = time.perf_counter()
-        records = []
-        for offset, (request, pre) in enumerate(zip(requests, before)):
-            record = _record(request, options.start + chunk.start + offset, fmt, pre,
-                             _score(editor, request, fmt.eval_metric, options.eval_target_tokens), options)
-            if fmt.name in GREEDY_FORMATS:
-                record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
-                record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
-                record.update(_wild(editor, request))
-            record["edit_seconds"] = edit_seconds[offset]
-            records.append(record)
-        eval_seconds += time.perf_counter() - eval_start
+        return seconds
+
+    try:
+        records, edit_seconds, eval_seconds = score_stream(editor, requests, fmt, options, apply,
+                                                           options.start + chunk.start)
     finally:
-        del editor
+        editor = None  # the model goes before the next chunk builds its own
         gc.collect()
     return {"editor": spec.label, "alg_name": spec.alg_name, "hparams": spec.path, "dataset": fmt.name,
-            "T": chunk.t, "chunk": chunk.index, "edit_seconds": float(sum(edit_seconds)),
+            "T": chunk.t, "chunk": chunk.index, "edit_seconds": edit_seconds,
             "eval_seconds": eval_seconds, "records": records}
 
 
@@ -299,10 +332,11 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
     if len(todo) < len(jobs):
         logger.info("resuming: %d of %d chunks are already in %s", len(jobs) - len(todo), len(jobs), store.path)
     bar = tqdm(total=sum(c.t for _, c, _ in todo), unit="edit", desc="lifelong edits", disable=not options.progress)
+    setup_cache = SetupCache()  # every chunk starts from the same unedited weights
     try:
         for spec, chunk, key in todo:
             bar.set_postfix_str(f"{spec.label} T={chunk.t} chunk {chunk.index + 1}/{len(sample) // chunk.t}")
-            line = run_chunk(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, model_factory, bar)
+            line = run_chunk(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, model_factory, bar, setup_cache)
             line["key"] = key
             store.add(line)
     finally:

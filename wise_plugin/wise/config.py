@@ -63,6 +63,9 @@ class WISEHyperParams(HyperParams):
     # Also stop once every target token of the bare edit row has at least this probability
     # (None: off): greedy decoding then reproduces the edit, and easy edits need fewer iterations.
     stop_token_prob: Optional[float] = None
+    # Stop once the bare edit has been greedy-correct (every target token the top choice, rehearsed edits
+    # kept, routing apart) for this many iterations without reaching stop_token_prob (None: off).
+    stop_patience: Optional[int] = None
     act_weight: float = 1.0
     rehearse: int = 0
     optimizer: str = "sgd"
@@ -99,6 +102,9 @@ class WISEHyperParams(HyperParams):
             problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
         if self.route_by not in ROUTE_BY:
             problems.append(f"route_by {self.route_by!r} is not supported; use one of {ROUTE_BY}")
+        if self.stop_patience is not None and (isinstance(self.stop_patience, bool) or not isinstance(self.stop_patience, int)
+                                               or self.stop_patience < 0):
+            problems.append(f"stop_patience must be a whole number >= 0 or null, got {self.stop_patience!r}")
         if self.stop_token_prob is not None and not 0.0 < self.stop_token_prob < 1.0:
             problems.append(f"stop_token_prob must be in (0, 1) or null, got {self.stop_token_prob}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:

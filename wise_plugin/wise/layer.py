@@ -1,4 +1,10 @@
-"""``WISELayer``: wraps one FFN projection with a side memory, shards and per-row routing."""
+"""``WISELayer``: wraps one FFN projection with side memories and routes each row to one of them.
+
+The routing score lives here, in ``token_scores`` and ``row_scores``: inference routing, the
+training loss and the thresholds all read it through these two functions. The book-keeping of
+shards, merges and thresholds is in :mod:`wise_plugin.wise.memory`; caches in
+:mod:`wise_plugin.wise.caches`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from wise_plugin.wise.caches import EditCaches
+from wise_plugin.wise.memory import MemoryBook, Probe
 from wise_plugin.wise.merge import merge_deltas
 
 
@@ -15,14 +23,32 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
-class WISELayer(nn.Module):
-    """Main memory (the frozen base projection) plus a trainable side memory of the same shape.
+def token_scores(delta_out: torch.Tensor) -> torch.Tensor:
+    """Routing score of each token: the norm of the side memory's change to the projection output,
+    ``||a (W' - W)^T||``, in float32."""
+    return delta_out.float().norm(dim=-1)
 
-    Editing trains ``side_weight`` on the entries of the current shard's random mask only. Every
-    ``save_freq`` edits the shard's change is stored and a new mask drawn; every ``merge_freq`` edits
-    the stored shard changes are TIES-merged into ``side_base``, the starting point of later shards.
-    At inference each row goes through the side memory when its routing score, the mean over its
-    real tokens of ``||a (W' - W)^T||``, exceeds ``threshold``.
+
+def row_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Routing score of each row: the mean token score over its real tokens (``mask``).
+
+    ``scores`` is (rows, length) or (rows, length, memories); ``mask`` is (rows, length).
+    """
+    mask = mask.to(device=scores.device, dtype=scores.dtype)
+    if scores.dim() == 3:
+        mask = mask.unsqueeze(-1)
+    return (scores * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class WISELayer(nn.Module):
+    """Main memory (the frozen base projection) plus side memories of the same shape.
+
+    Editing trains ``side_weight`` on the entries of the current shard's random mask only; the
+    ``book`` (:class:`MemoryBook`) says which shard, when to save and merge, and each memory's
+    threshold. Merged shard changes accumulate in ``side_base``, the starting point of later
+    shards; with WISE-Retrieve each finished memory's change is kept in ``group_stack``. At
+    inference each row goes through the memory whose routing score (``row_scores``) is above its
+    threshold (top-1 by ``route_by``), else through the main memory alone.
     """
 
     def __init__(self, base: nn.Module, mask_ratio: float, seed: int, retrieve: bool = False) -> None:
@@ -36,32 +62,14 @@ class WISELayer(nn.Module):
         weight = base.weight.detach()
         self.side_weight = nn.Parameter(weight.clone(), requires_grad=False)
         self.register_buffer("side_base", weight.clone(), persistent=True)
-        self.mask_ratio = mask_ratio
-        self.seed = seed
-        self.edits = 0  # edits made so far, over the whole life of the layer
-        self.shard_index = 0  # index of the shard currently being trained
-        self.shard_start: Optional[torch.Tensor] = None  # side_weight when the current shard began
-        self.shard_deltas: list[torch.Tensor] = []  # saved shards of the current merge group
-        self.mask = self._draw_mask(0)
-        self.min_edit_score: Optional[float] = None
-        self.threshold: Optional[float] = None
-        self.prefixes: Optional[list[str]] = None  # model-generated prompt prefixes, made once per model
-        self.pool_texts: tuple[str, ...] = ()  # the irrelevant-text pool (the reference path tokenises it)
-        self.pool_acts: Optional[torch.Tensor] = None  # projection inputs of the irrelevant-text pool
-        self.pool_mask: Optional[torch.Tensor] = None
-        self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal
-        self.block_is_additive: Optional[bool] = None  # fast path: block output = rest + projection?
-        self.replay_cache: dict[str, torch.Tensor] = {}  # projection inputs of replayed edits, derived data
-        self.block_inputs: dict[str, torch.Tensor] = {}  # hidden states entering the edited block, per edit of the group
-        self.kwargs_shared: Optional[bool] = None  # fast path: first and edited block get the same extra inputs?
-        # WISE-Retrieve: each finished merge group is retired as its own memory with its threshold.
+        self.book = MemoryBook(weight.shape, weight.device, mask_ratio, seed)
+        self.caches = EditCaches()
+        # WISE-Retrieve: each finished memory is retired with its threshold (kept in the book).
         self.retrieve = retrieve
         self.register_buffer("group_stack", weight.new_zeros((weight.shape[0], 0) if self.conv1d_layout
                                                              else (0, weight.shape[1])), persistent=False)
-        self.group_thresholds: list[float] = []
-        self.group_start = 0  # edits made before the active group began
-        # Top-1 rule among memories above their thresholds: highest score (the paper), or highest
-        # score / own threshold, which compares memories whose score scales differ.
+        # Top-1 rule among memories above their thresholds: highest score (the paper), highest
+        # score / own threshold, which compares memories whose score scales differ, or the newest.
         self.route_by = "score"
         # Routing context, refreshed by the model-level pre-hook before every forward.
         self.editing = False
@@ -72,15 +80,16 @@ class WISELayer(nn.Module):
         self.last_inputs: Optional[torch.Tensor] = None
         self.step_delta: Optional[torch.Tensor] = None  # W' - W of the current edit iteration
         self.update_buffers: Optional[tuple[Any, ...]] = None  # (norm_constraint, scratch, bounds...) for one edit
-        self.probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # bare rows of the group's edits
         self.hook_handle: Any = None
 
     # -- projection -----------------------------------------------------------------------------
-    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``x`` through a projection of the base layer's layout with ``weight`` (and its bias)."""
         out = x @ weight if self.conv1d_layout else nn.functional.linear(x, weight)
         return out if self.base.bias is None else out + self.base.bias
 
-    def _apply_delta(self, x: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
+    def apply_delta(self, x: torch.Tensor, delta_w: torch.Tensor) -> torch.Tensor:
+        """``x (W' - W)^T``: the change a side memory makes to the projection output."""
         return x @ delta_w if self.conv1d_layout else nn.functional.linear(x, delta_w)
 
     def weight_delta(self) -> torch.Tensor:
@@ -88,13 +97,13 @@ class WISELayer(nn.Module):
         return self.step_delta if self.step_delta is not None else self.side_weight - self.base.weight
 
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """||a (W' - W)^T|| per token of the active side memory, in float32."""
-        return self._apply_delta(x, self.weight_delta().to(x.dtype)).float().norm(dim=-1)
+        """Routing score of each token of ``x`` against the active side memory."""
+        return token_scores(self.apply_delta(x, self.weight_delta().to(x.dtype)))
 
     def edit_delta(self, x: torch.Tensor) -> torch.Tensor:
         """``a (W' - W)^T`` while editing, keeping the inputs and routing scores for the loss."""
-        delta = self._apply_delta(x, self.weight_delta())
-        self.last_inputs, self.last_scores = x, delta.float().norm(dim=-1)
+        delta = self.apply_delta(x, self.weight_delta())
+        self.last_inputs, self.last_scores = x, token_scores(delta)
         return delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,18 +120,18 @@ class WISELayer(nn.Module):
             for memory in choice.unique().tolist():
                 if memory >= 0:
                     rows = choice == memory
-                    deltas[rows, :, memory] = self._apply_delta(x[rows], self._memory_delta(memory, x.dtype))
+                    deltas[rows, :, memory] = self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
         picked = deltas[torch.arange(x.shape[0], device=x.device), :, choice.clamp(min=0)]
         return torch.where((choice >= 0)[:, None, None], base_out + picked, base_out)
 
     # -- memories and routing ---------------------------------------------------------------------
     def thresholds(self) -> list[float]:
-        """Thresholds of the memories inference can route to: retired groups, then the active one."""
-        return self.group_thresholds + ([] if self.threshold is None else [self.threshold])
+        """Thresholds of the memories inference can route to: retired ones, then the active one."""
+        return self.book.thresholds()
 
     def _memory_delta(self, memory: int, dtype: torch.dtype) -> torch.Tensor:
         """``W_m - W`` of one memory, in the (in, out) or (out, in) layout of the base weight."""
-        if memory == len(self.group_thresholds):
+        if memory == len(self.book.group_thresholds):
             return (self.side_weight - self.base.weight).to(dtype)
         out_dim = 1 if self.conv1d_layout else 0
         size = self.side_weight.shape[out_dim]
@@ -131,31 +140,29 @@ class WISELayer(nn.Module):
     def _all_deltas(self, x: torch.Tensor) -> torch.Tensor:
         """``a (W_m - W)^T`` for every token and memory: shape (batch, length, memories, out)."""
         parts = []
-        if self.group_thresholds:
-            retired = self._apply_delta(x, self.group_stack.to(x.dtype))
-            parts.append(retired.view(*x.shape[:2], len(self.group_thresholds), -1))
-        if self.threshold is not None:
-            parts.append(self._apply_delta(x, (self.side_weight - self.base.weight).to(x.dtype)).unsqueeze(2))
+        retired = len(self.book.group_thresholds)
+        if retired:
+            parts.append(self.apply_delta(x, self.group_stack.to(x.dtype)).view(*x.shape[:2], retired, -1))
+        if self.book.threshold is not None:
+            parts.append(self.apply_delta(x, (self.side_weight - self.base.weight).to(x.dtype)).unsqueeze(2))
         return torch.cat(parts, dim=2)
 
     def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per-row memory index (-1: main memory) and the deltas computed to decide it.
 
-        A row goes to the memory with the highest mean score over its real tokens (or, with
-        ``route_by == "ratio"``, the highest score over that memory's threshold; with ``"newest"``,
-        the most recent memory) among those above their own threshold (top-1). While a KV cache
-        grows, the prompt's decision is kept.
+        A row goes to the memory with the highest routing score (or, with ``route_by == "ratio"``,
+        the highest score over that memory's threshold; with ``"newest"``, the most recent memory)
+        among those above their own threshold (top-1). While a KV cache grows, the prompt's
+        decision is kept.
         """
         batch, length = x.shape[:2]
         if self.continuing and self.cached_choice is not None and self.cached_choice.shape[0] == batch:
             return self.cached_choice, None
         deltas = self._all_deltas(x)
-        scores = deltas.float().norm(dim=-1)  # (batch, length, memories)
         mask = self.token_mask
         if mask is None or mask.shape[0] != batch:
             mask = torch.ones(batch, length, device=x.device)
-        mask = mask[:, -length:].to(scores.dtype).unsqueeze(-1)
-        rows = (scores * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, memories)
+        rows = row_scores(token_scores(deltas), mask[:, -length:])  # (batch, memories)
         thresholds = torch.tensor(self.thresholds(), device=rows.device, dtype=rows.dtype)
         above = rows > thresholds
         if self.route_by == "newest":  # later memories were trained to reject earlier edits, not the reverse
@@ -167,25 +174,24 @@ class WISELayer(nn.Module):
         return self.cached_choice, deltas
 
     @torch.no_grad()
-    def probe_scores(self) -> float:
-        """Smallest current routing score over the stored bare rows (whole row and prompt only)."""
+    def probe_scores(self, probes: list[Probe]) -> float:
+        """Smallest current routing score over stored bare rows (whole row and prompt only)."""
         lowest = float("inf")
-        for acts, row_mask, prompt_mask in self.probes:
-            scores = self.token_scores(acts.unsqueeze(0))[0]
+        for acts, row_mask, prompt_mask in probes:
+            scores = self.token_scores(acts.unsqueeze(0))
             for mask in (row_mask, prompt_mask):
-                mask = mask.to(device=scores.device, dtype=scores.dtype)
-                lowest = min(lowest, float((scores * mask).sum() / mask.sum().clamp(min=1.0)))
+                lowest = min(lowest, float(row_scores(scores, mask.unsqueeze(0))[0]))
         return lowest
 
-    # -- shards, masks, merge -------------------------------------------------------------------
-    def _draw_mask(self, shard_index: int) -> torch.Tensor:
-        generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + shard_index)
-        keep = torch.rand(self.side_weight.shape, generator=generator) < self.mask_ratio
-        return keep.to(self.side_weight.device)
+    # -- editing, shards, merge -----------------------------------------------------------------
+    @property
+    def mask(self) -> torch.Tensor:
+        """The current shard's gradient mask."""
+        return self.book.mask
 
     def begin_edit(self) -> None:
-        if self.shard_start is None:
-            self.shard_start = self.side_weight.detach().clone()
+        if self.book.shard_start is None:
+            self.book.shard_start = self.side_weight.detach().clone()
 
     def end_edit(self) -> None:
         self.update_buffers = self.step_delta = None
@@ -206,98 +212,71 @@ class WISELayer(nn.Module):
         torch.add(weight, grad.to(weight.dtype), alpha=-lr, out=stepped)
         if bounds:
             torch.clamp(stepped, bounds[0], bounds[1], out=stepped)
-        torch.where(self.mask, stepped, weight, out=weight)
+        torch.where(self.book.mask, stepped, weight, out=weight)
 
     def finish_edit(self, score: float, act_ratio: float, save_freq: Optional[int], merge_freq: int,
                     merge_alg: str, densities: Optional[float], weights: Optional[float],
-                    probe: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> None:
-        """Book-keeping after one edit: threshold, shard save and merge.
-
-        With a ``probe`` (the edit's bare row) the threshold is refreshed from the current scores
-        of every edit of the group: later edits move the side memory, so scores taken when each
-        edit finished go stale.
-        """
-        if probe is not None:
-            self.probes.append(probe)
-            score = min(score, self.probe_scores())
-            self.min_edit_score = score
-        else:
-            self.min_edit_score = score if self.min_edit_score is None else min(self.min_edit_score, score)
-        self.threshold = act_ratio * self.min_edit_score
-        self.edits += 1
-        if save_freq is not None and self.edits % save_freq == 0:
-            self._save_shard()
-        if save_freq is not None and self.edits % merge_freq == 0:
+                    probe: Optional[Probe] = None) -> None:
+        """After one edit: the threshold (see ``MemoryBook.record_edit``), then shard save and merge."""
+        book = self.book
+        book.record_edit(score, act_ratio, probe, self.probe_scores)
+        if save_freq is not None and book.edits % save_freq == 0:
+            book.save_shard(self.side_weight)
+        if save_freq is not None and book.edits % merge_freq == 0:
             self._merge(merge_alg, densities, weights)
 
     @torch.no_grad()
-    def _save_shard(self) -> None:
-        assert self.shard_start is not None
-        self.shard_deltas.append(self.side_weight.detach() - self.shard_start)
-        self.shard_index += 1
-        self.mask = self._draw_mask(self.shard_index)
-        self.shard_start = None
-
-    @torch.no_grad()
     def _merge(self, merge_alg: str, densities: Optional[float], weights: Optional[float]) -> None:
-        if self.shard_deltas:
-            merged = merge_deltas(self.shard_deltas, merge_alg, densities, weights, seed=self.seed + self.shard_index)
+        book = self.book
+        if book.shard_deltas:
+            merged = merge_deltas(book.shard_deltas, merge_alg, densities, weights, seed=book.seed + book.shard_index)
             self.side_base.copy_(self.side_base + merged.to(self.side_base.dtype))
             self.side_weight.copy_(self.side_base)
-            self.shard_deltas = []
-        if self.retrieve and self.threshold is not None:
+            book.shard_deltas = []
+        if self.retrieve and book.threshold is not None:
             self._retire_group()
 
     @torch.no_grad()
     def _retire_group(self) -> None:
-        """WISE-Retrieve: freeze the merged memory with its threshold; the next group starts from W."""
+        """WISE-Retrieve: freeze the merged memory with its threshold; the next memory starts from W."""
         delta = (self.side_weight - self.base.weight).detach()
         self.group_stack = torch.cat([self.group_stack, delta], dim=1 if self.conv1d_layout else 0)
-        self.group_thresholds.append(self.threshold)
         self.side_base.copy_(self.base.weight)
         self.side_weight.copy_(self.base.weight)
-        self.threshold = self.min_edit_score = None
-        self.group_start = self.edits
-        self.probes = []
-        self.block_inputs = {}  # rehearsal draws from the active group only
+        self.book.retire()
+        self.caches.block_inputs = {}  # rehearsal draws from the active memory only
 
     # -- state for restore handles and checkpoints ------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """A deep copy of everything an edit can change."""
-        clone = lambda t: None if t is None else t.detach().clone()  # noqa: E731
-        return {
-            "side_weight": clone(self.side_weight),
-            "side_base": clone(self.side_base),
-            "shard_start": clone(self.shard_start),
-            "shard_deltas": [clone(d) for d in self.shard_deltas],
-            "mask": clone(self.mask),
-            "edits": self.edits,
-            "shard_index": self.shard_index,
-            "min_edit_score": self.min_edit_score,
-            "threshold": self.threshold,
-            "memory": list(self.memory),
-            "group_stack": clone(self.group_stack),
-            "group_thresholds": list(self.group_thresholds),
-            "group_start": self.group_start,
-            "probes": list(self.probes),
-            "block_inputs": dict(self.block_inputs),
-        }
+        """A deep copy of everything an edit can change: weights, book and rehearsal states."""
+        return {"side_weight": self.side_weight.detach().clone(), "side_base": self.side_base.detach().clone(),
+                "group_stack": self.group_stack.detach().clone(),
+                **self.book.snapshot(), **self.caches.snapshot()}
 
     @torch.no_grad()
     def restore(self, state: dict[str, Any]) -> None:
         self.side_weight.copy_(state["side_weight"])
         self.side_base.copy_(state["side_base"])
-        self.shard_start = None if state["shard_start"] is None else state["shard_start"].clone()
-        self.shard_deltas = [d.clone() for d in state["shard_deltas"]]
-        self.mask = state["mask"].clone()
-        self.edits = state["edits"]
-        self.shard_index = state["shard_index"]
-        self.min_edit_score = state["min_edit_score"]
-        self.threshold = state["threshold"]
-        self.memory = list(state["memory"])
         self.group_stack = state["group_stack"].clone()
-        self.group_thresholds = list(state["group_thresholds"])
-        self.group_start = state["group_start"]
-        self.probes = list(state.get("probes", []))
-        self.block_inputs = dict(state.get("block_inputs", {}))
+        self.book.restore(state)
+        self.caches.restore(state)
+        self.cached_choice = None
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and JSON fields of the layer's weights and routing settings."""
+        tensors = {"side_weight": self.side_weight.detach(), "side_base": self.side_base.detach()}
+        if self.book.group_thresholds:
+            tensors["group_stack"] = self.group_stack.detach()
+        meta = {"shape": list(self.side_weight.shape), "dtype": str(self.side_weight.dtype).removeprefix("torch."),
+                "retrieve": self.retrieve, "route_by": self.route_by}
+        return tensors, meta
+
+    @torch.no_grad()
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        cast = lambda name: tensors[name].to(device=self.side_weight.device, dtype=self.side_weight.dtype)  # noqa: E731
+        self.side_weight.copy_(cast("side_weight"))
+        self.side_base.copy_(cast("side_base"))
+        self.group_stack = cast("group_stack") if "group_stack" in tensors else \
+            self.group_stack.narrow(1 if self.conv1d_layout else 0, 0, 0)
+        self.route_by = meta.get("route_by", "score")  # checkpoints before route_by routed by score
         self.cached_choice = None

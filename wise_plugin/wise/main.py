@@ -21,7 +21,7 @@ from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.core.modules import input_device, upper_stack
 from wise_plugin.wise.model import attach, block_inputs, detach, find_layer, projection_inputs
-from wise_plugin.wise import reuse
+from wise_plugin.wise.caches import SetupCache, model_setup_cache
 from wise_plugin.wise.trainer import train_edit
 
 logger = logging.getLogger("wise_plugin.wise")
@@ -39,10 +39,10 @@ def _replay_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str
     """Projection inputs of replayed earlier edits, each computed once (alone, so its values do not
     depend on the batch it was first drawn in) and kept on the layer for later draws."""
     for text in texts:
-        if text not in layer.replay_cache:  # kept: the tokens its routing score reads
+        if text not in layer.caches.replay_cache:  # kept: the tokens its routing score reads
             acts, mask = projection_inputs(model, layer, tok, [text], lower=lower)
-            layer.replay_cache[text] = acts[0][mask[0].bool()]
-    rows = [layer.replay_cache[text] for text in texts]
+            layer.caches.replay_cache[text] = acts[0][mask[0].bool()]
+    rows = [layer.caches.replay_cache[text] for text in texts]
     lengths = torch.tensor([row.shape[0] for row in rows])
     mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
     return pad_sequence(rows, batch_first=True), mask.to(rows[0].device)
@@ -53,9 +53,9 @@ def _rehearsed_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: Seque
     """Hidden states entering the edited block for replayed rows: kept on the layer from each
     edit's own setup (computed alone here only for edits that have none, e.g. from an older
     checkpoint), so the fast path runs only the new rows through the lower blocks."""
-    missing = [text for text in texts if text not in layer.block_inputs]
-    layer.block_inputs.update(zip(missing, block_inputs(model, block, tok, missing)))
-    return [layer.block_inputs[text] for text in texts]
+    missing = [text for text in texts if text not in layer.caches.block_inputs]
+    layer.caches.block_inputs.update(zip(missing, block_inputs(model, block, tok, missing)))
+    return [layer.caches.block_inputs[text] for text in texts]
 
 
 @dataclass
@@ -72,13 +72,13 @@ def _draw_loc(layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParam
     """Pool draws, the request's own ``loc_prompt`` when the host passes one (source-repo EasyEdit's
     ``loc_prompts``), and with ``retrieve`` + ``replay`` stored edits of earlier groups, which the new
     memory must not claim."""
-    rows = pick_pool_rows(layer.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.edits)
+    rows = pick_pool_rows(layer.caches.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.book.edits)
     given = request.get("loc_prompt")
     given = ([given] if isinstance(given, str) else list(given)) if given else []
-    earlier = layer.memory[:layer.group_start]
+    earlier = layer.book.memory[:layer.book.group_start]
     replayed = []
     if hparams.retrieve and hparams.replay and earlier:
-        drawn = random.Random(hparams.seed - layer.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
+        drawn = random.Random(hparams.seed - layer.book.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
         replayed = [f"{prompt} {target}" for prompt, target in drawn]
     return LocDraw(rows, given, replayed)
 
@@ -86,7 +86,7 @@ def _draw_loc(layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParam
 def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, draw: LocDraw,
               lower: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast path: projection inputs of the drawn irrelevant rows, from the pool and replay caches."""
-    parts = [(layer.pool_acts[draw.pool_rows], layer.pool_mask[draw.pool_rows])]
+    parts = [(layer.caches.pool_acts[draw.pool_rows], layer.caches.pool_mask[draw.pool_rows])]
     if draw.given:
         parts.append(projection_inputs(model, layer, tok, draw.given, lower=lower))
     if draw.replayed:
@@ -101,34 +101,40 @@ def _loc_rows(model: nn.Module, layer: WISELayer, tok: Any, draw: LocDraw,
 
 def _loc_tokens(layer: WISELayer, tok: Any, draw: LocDraw, device: torch.device) -> dict[str, torch.Tensor]:
     """Reference path: the drawn irrelevant rows as token ids (right padded), to run through the model."""
-    texts = [layer.pool_texts[row] for row in draw.pool_rows] + draw.given + draw.replayed
+    texts = [layer.caches.pool_texts[row] for row in draw.pool_rows] + draw.given + draw.replayed
     encoded = tok(texts, padding=True, return_tensors="pt", padding_side="right").to(device)
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
 def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hparams: WISEHyperParams,
-           lower: Sequence[nn.Module]) -> None:
-    """Prompt prefixes and pool projection inputs of a new side memory, reused for a model with the
-    same weights (the lifelong runner rebuilds the unedited model for every chunk)."""
+           lower: Sequence[nn.Module], setup_cache: Optional[SetupCache]) -> None:
+    """Prompt prefixes and pool projection inputs of a new side memory, taken from ``setup_cache``
+    when it holds them for a model with the same weights (the lifelong runner rebuilds the unedited
+    model for every chunk and holds one cache for the whole comparison; otherwise the model's own)."""
     pool = load_loc_pool(hparams.loc_pool)
-    key = reuse.setup_key(model, tok, inner_param, hparams, pool)
-    found = reuse.lookup(key)
+    setup_cache = setup_cache if setup_cache is not None else model_setup_cache(model)
+    key = SetupCache.key(model, tok, inner_param, hparams, pool)
+    found = setup_cache.lookup(key)
     if found is not None:
         prefixes, pool_acts, pool_mask = found
     else:
-        prefixes = layer.prefixes if layer.prefixes is not None else \
+        prefixes = layer.caches.prefixes if layer.caches.prefixes is not None else \
             generate_prefixes(model, tok, hparams.n_prefixes, hparams.prefix_lengths, hparams.seed)
         pool_acts, pool_mask = projection_inputs(model, layer, tok, list(pool), lower=lower)
-        reuse.store(key, prefixes, pool_acts, pool_mask)
-    if layer.prefixes is None:
-        layer.prefixes = prefixes
-    layer.pool_texts, layer.pool_acts, layer.pool_mask = pool, pool_acts, pool_mask
+        setup_cache.store(key, prefixes, pool_acts, pool_mask)
+    if layer.caches.prefixes is None:
+        layer.caches.prefixes = prefixes
+    layer.caches.pool_texts, layer.caches.pool_acts, layer.caches.pool_mask = pool, pool_acts, pool_mask
 
 
 def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: WISEHyperParams,
                         copy: bool = False, return_orig_weights: bool = False, keep_original_weight: bool = False,
-                        **kwargs: Any) -> tuple[nn.Module, WISERestore]:
-    """Edit ``model`` in place with WISE, one request after another; returns (model, restore handle)."""
+                        setup_cache: Optional[SetupCache] = None, **kwargs: Any) -> tuple[nn.Module, WISERestore]:
+    """Edit ``model`` in place with WISE, one request after another; returns (model, restore handle).
+
+    ``setup_cache`` (optional, held by the caller) shares the once-per-model setup between models
+    with the same weights; without it each model keeps its own.
+    """
     check_call(requests, copy, "WISE")
     inner_param = hparams.inner_params[0]
     if hparams.load_path and find_layer(model) is None:
@@ -139,8 +145,8 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
     layout = upper_stack(model, inner_param)
     lower = layout.lower if layout is not None else []  # frozen blocks below the edit
-    if layer.prefixes is None or layer.pool_acts is None:
-        _setup(model, layer, tok, inner_param, hparams, lower)
+    if layer.caches.prefixes is None or layer.caches.pool_acts is None:
+        _setup(model, layer, tok, inner_param, hparams, lower, setup_cache)
     stack = layout if hparams.fast_path else None
     if hparams.fast_path and stack is None:
         logger.warning("fast path unavailable for %s; running the full model on the edit rows every iteration",
@@ -149,30 +155,30 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     with editing(model, handle):
         for request in requests:
             start = time.perf_counter()
-            group = layer.memory[layer.group_start:]  # edits that live in the memory being trained
-            replay = random.Random(hparams.seed + layer.edits).sample(group, k=min(hparams.rehearse, len(group)))
-            batch = build_batch(tok, request["prompt"], request["target_new"], layer.prefixes,
+            group = layer.book.active_edits()  # edits that live in the memory being trained
+            replay = random.Random(hparams.seed + layer.book.edits).sample(group, k=min(hparams.rehearse, len(group)))
+            batch = build_batch(tok, request["prompt"], request["target_new"], layer.caches.prefixes,
                                 hparams.use_chat_template, device, replay)
             draw = _draw_loc(layer, request, hparams)
             # cached irrelevant rows, also for a layout the fast path does not know (stack None);
             # the reference path (fast_path false) runs them through the model instead
             loc = _loc_rows(model, layer, tok, draw, lower) if hparams.fast_path else _loc_tokens(layer, tok, draw, device)
             rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
-                if stack is not None and layer.kwargs_shared else []
+                if stack is not None and layer.caches.kwargs_shared else []
             result = train_edit(model, layer, stack, batch, loc, hparams, rehearsed)
-            layer.memory.append((request["prompt"], request["target_new"]))
+            layer.book.memory.append((request["prompt"], request["target_new"]))
             if result.block_input is not None:
-                layer.block_inputs[batch.text] = result.block_input
+                layer.caches.block_inputs[batch.text] = result.block_input
             layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
                               hparams.merge_alg, hparams.densities, hparams.weights,
                               result.probe if hparams.refresh_threshold else None)
             logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, thresholds %s",
-                        layer.edits, request["prompt"], request["target_new"], result.iterations,
+                        layer.book.edits, request["prompt"], request["target_new"], result.iterations,
                         time.perf_counter() - start, result.edit_loss, result.score,
                         [round(t, 2) for t in layer.thresholds()])
     if hparams.save_path:
         save_checkpoint(model, hparams.save_path, inner_param)
-        logger.info("WISE state after %d edits saved to %s", layer.edits, hparams.save_path)
+        logger.info("WISE state after %d edits saved to %s", layer.book.edits, hparams.save_path)
     # The source-repository host ends a sequential WISE run with ``edited_model.save(save_path)``
     # (its own WISE returns a wrapper that has that method); ours returns the model itself.
     if not hasattr(model, "save"):

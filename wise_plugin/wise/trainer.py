@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.core.rows import EditBatch
-from wise_plugin.wise.layer import WISELayer
+from wise_plugin.wise.layer import WISELayer, row_scores, token_scores
 from wise_plugin.core.modules import BlockCall, UpperStack, block_calls, content_mask, mlp_at
 
 logger = logging.getLogger("wise_plugin.wise")
@@ -98,18 +98,13 @@ class _LocRows:
         self.count = keep.sum(-1).clamp(min=1)
 
     def means(self, norms: torch.Tensor) -> torch.Tensor:
-        """Per-row mean of the token scores ``norms`` (one per packed token)."""
+        """``row_scores`` of the packed rows: per-row mean of the token scores ``norms`` (one per packed token)."""
         return norms.new_zeros(self.count.shape[0]).index_add(0, self.rows, norms) / self.count
-
-
-def _row_means(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(device=scores.device, dtype=scores.dtype)
-    return (scores * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
 def edit_scores(scores: torch.Tensor, batch: EditBatch) -> torch.Tensor:
     """Routing scores of the edit rows, over whole rows then over their prompt tokens only."""
-    return torch.cat([_row_means(scores, batch.edit_mask), _row_means(scores, batch.prompt_mask)])
+    return torch.cat([row_scores(scores, batch.edit_mask), row_scores(scores, batch.prompt_mask)])
 
 
 class _FullForward:
@@ -141,7 +136,7 @@ class _FullForward:
         if isinstance(self.loc, _LocRows):
             return token_ce, s_edit, self.loc.means(self.layer.token_scores(self.loc.tokens))
         loc_mask = content_mask(self.model, self.inputs["input_ids"][self.rows:], self.inputs["attention_mask"][self.rows:])
-        return token_ce, s_edit, _row_means(scores[self.rows:], loc_mask)
+        return token_ce, s_edit, row_scores(scores[self.rows:], loc_mask)
 
 
 class _UpperForward:
@@ -162,7 +157,7 @@ class _UpperForward:
         n_new = len(lengths) - len(rehearsed)
         # Rows replaying earlier edits enter the edited block as they did before (cached): only the
         # new rows run through the lower blocks, when the lower and edited blocks take the same inputs.
-        if (rehearsed and n_new > 0 and layer.kwargs_shared
+        if (rehearsed and n_new > 0 and layer.caches.kwargs_shared
                 and all(row.shape[0] == n for row, n in zip(rehearsed, lengths[n_new:]))):
             self.hidden, self.rest, self.kwargs = self._with_rehearsed(model, stack, batch, n_new, rehearsed)
         else:
@@ -183,9 +178,9 @@ class _UpperForward:
             layer.editing = False
         self.a = captured["a"]
         self.residual = out - captured["proj"]
-        if layer.block_is_additive is None:  # a property of the block's code: checked on the first edit
-            layer.block_is_additive = self._check_additive(block)
-        self.additive = layer.block_is_additive
+        if layer.caches.block_is_additive is None:  # a property of the block's code: checked on the first edit
+            layer.caches.block_is_additive = self._check_additive(block)
+        self.additive = layer.caches.block_is_additive
         with torch.no_grad():  # the frozen part of the edited block's output: rest + W a
             self.fixed = self.residual + layer.base(self.a)
         # One product per iteration gives the side memory's output on the edit's real tokens and the
@@ -205,11 +200,11 @@ class _UpperForward:
         On a layer's first edit it also records whether the first lower block receives the same
         extra arguments (masks, positions) as the edited one, which reusing cached rows relies on.
         """
-        check = self.layer.kwargs_shared is None and bool(stack.lower)
+        check = self.layer.caches.kwargs_shared is None and bool(stack.lower)
         blocks = [stack.lower[0], stack.blocks[0]] if check else [stack.blocks[0]]
         calls = block_calls(model, blocks, batch.model_inputs(), stack.lower)
         if check:
-            self.layer.kwargs_shared = _same_inputs(calls[0][1:], calls[-1][1:])
+            self.layer.caches.kwargs_shared = _same_inputs(calls[0][1:], calls[-1][1:])
         return calls[-1]
 
     def _with_rehearsed(self, model: nn.Module, stack: UpperStack, batch: EditBatch, n_new: int,
@@ -233,7 +228,7 @@ class _UpperForward:
         self.layer.editing = True
         try:
             full = _block_output(block(self.hidden, *self.rest, **self.kwargs))
-            split = self.residual + self.layer._project(self.a, self.layer.side_weight)
+            split = self.residual + self.layer.project(self.a, self.layer.side_weight)
         finally:
             self.layer.editing = False
             self.layer.side_weight.copy_(kept)
@@ -244,8 +239,8 @@ class _UpperForward:
         """Cross-entropy of every target token, routing scores of the edit rows and of the irrelevant rows."""
         layer = self.layer
         if self.additive:
-            out = layer._apply_delta(self.inputs, layer.weight_delta())
-            norms = out.float().norm(dim=-1)
+            out = layer.apply_delta(self.inputs, layer.weight_delta())
+            norms = token_scores(out)
             n_real = self.real[0].numel()
             hidden = self.fixed.index_put(self.real, out[:n_real].to(self.fixed.dtype), accumulate=True)
             scores = norms.new_zeros(self.a.shape[:2]).index_put(self.real, norms[:n_real])
@@ -351,6 +346,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     first_rehearsed = batch.input_ids.shape[0] - len(batch.rehearsed)
     rehearsed_tokens = batch.label_rows >= first_rehearsed
     token_weight = _edit_balanced_weights(batch.label_rows, first_rehearsed)
+    ready_at = None
     try:
         for iterations in range(1, hparams.n_iter + 1):
             layer.step_delta = layer.side_weight - layer.base.weight  # shared by every use in this step
@@ -359,14 +355,22 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             act = activation_loss(s_edit, s_loc.to(s_edit.device), hparams.alpha, hparams.beta, hparams.gamma)
             edit_loss, act_loss = ce.item(), act.item()
             separated = s_loc.numel() == 0 or hparams.act_ratio * s_edit.detach().min().item() > s_loc.detach().max().item()
-            learned = edit_loss < hparams.stop_loss or (hparams.stop_token_prob is not None and bool(
+            new_learned = hparams.stop_token_prob is not None and bool(
                 (token_ce[new_tokens] < -math.log(hparams.stop_token_prob)).all())
-                and bool(forward.is_top[rehearsed_tokens.to(forward.is_top.device)].all()))
+            kept = bool(forward.is_top[rehearsed_tokens.to(forward.is_top.device)].all())
+            learned = edit_loss < hparams.stop_loss or (new_learned and kept)
+            greedy_ok = kept and separated and bool(forward.is_top[new_tokens.to(forward.is_top.device)].all())
+            ready_at = (ready_at or iterations) if greedy_ok else None
             if learned and separated:
                 break  # target learned and this edit already routes apart from the irrelevant rows
+            if hparams.stop_patience is not None and ready_at is not None and iterations - ready_at >= hparams.stop_patience:
+                break  # greedy-correct for stop_patience iterations; the probability bar is not being reached
             layer.side_weight.grad = None
             (ce + hparams.act_weight * act.to(ce.device)).backward()
             layer.apply_update(step(layer.side_weight.grad), hparams.edit_lr, hparams.norm_constraint)
+        else:
+            logger.info("edit reached n_iter=%d before the stop rule: target learned %s, rehearsed edits kept %s, "
+                        "routes apart %s", hparams.n_iter, new_learned, kept, separated)
         layer.side_weight.grad = None
         layer.side_weight.requires_grad_(False)
         layer.end_edit()
