@@ -33,6 +33,7 @@ class EditCaches:
         self.kwargs_shared: Optional[bool] = None  # fast path: first and edited block get the same extra inputs?
 
     def ready(self) -> bool:
+        """Whether the once-per-model setup (prefixes, pool inputs) is in place."""
         return self.prefixes is not None and self.pool_acts is not None
 
     def snapshot(self) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
     layout = upper_stack(model, inner_param)
     lower = layout.lower if layout is not None else []  # frozen blocks below the edit
-    if layer.caches.prefixes is None or layer.caches.pool_acts is None:
+    if not layer.caches.ready():
         _setup(model, layer, tok, inner_param, hparams, lower, setup_cache)
     stack = layout if hparams.fast_path else None
     if hparams.fast_path and stack is None:
