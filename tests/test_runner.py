@@ -297,3 +297,14 @@ def test_fresh_model_of_each_chunk_reuses_the_runs_wise_setup(tiny_yamls, smollm
     run_comparison(load_specs(tiny_yamls[:1]), load_requests("builtin"), dataset_format("builtin"),
                    RunOptions(t_values=(1,), n=3, progress=False), str(tmp_path), model_factory=models)
     assert models.calls == 3 and len(calls) == 1
+
+
+def test_an_overlong_record_stops_the_chunk_before_any_scoring(tiny_yamls, smollm2_path, tmp_path):
+    requests = load_requests("builtin")[:2]
+    requests[1] = dict(requests[1], prompt="word " * 300)
+    models = TinyModels(smollm2_path)  # 256 positions
+    with pytest.raises(RunnerInputError, match=r"record 1 of the data: .*the model's context is 256 tokens"):
+        run_comparison(load_specs(tiny_yamls[1:]), requests, dataset_format("builtin"),
+                       RunOptions(t_values=(2,), n=2, progress=False), str(tmp_path), model_factory=models)
+    assert not os.path.exists(os.path.join(str(tmp_path), RESULTS_FILE)) or \
+        not open(os.path.join(str(tmp_path), RESULTS_FILE)).read()

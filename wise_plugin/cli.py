@@ -79,6 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wise_plugin.core.requests import EditRequestError
     from wise_plugin.hparams import HParamsError
     from wise_plugin.host import HostImportError, select_host
     from wise_plugin.runner.errors import RunnerInputError
@@ -89,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.easyedit:
             select_host(args.easyedit)
         handlers[args.command](args, argv)
-    except (RunnerInputError, HParamsError, HostImportError) as error:
+    except (RunnerInputError, HParamsError, HostImportError, EditRequestError) as error:
         print(f"wise-plugin {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -183,7 +183,8 @@ def example_parser(description: str, hparams: str, data: str, out: str, n: int) 
 
 
 def apply_overrides(hparams: Any, items: Sequence[str], parser: argparse.ArgumentParser) -> None:
-    """``KEY=JSON`` pairs onto ``hparams``; an unknown key or bad JSON stops with a parser error."""
+    """``KEY=JSON`` pairs onto ``hparams``, then the hparams' schema check; an unknown key, bad JSON
+    or a value the schema rejects stops with a parser error naming it."""
     for item in items:
         key, _, value = item.partition("=")
         if not hasattr(hparams, key):
@@ -192,6 +193,12 @@ def apply_overrides(hparams: Any, items: Sequence[str], parser: argparse.Argumen
             setattr(hparams, key, json.loads(value))
         except json.JSONDecodeError:
             parser.error(f"--set {item}: {value!r} is not JSON (strings need quotes: {key}='\"text\"')")
+    validate = getattr(hparams, "validate", None)
+    if validate is not None:
+        try:
+            validate()  # the same schema as the YAML's
+        except ValueError as error:
+            parser.error(f"--set {' '.join(items)}: {error}")
 
 
 def write_result(result: dict[str, Any], out: str, title: str, columns: dict[str, Any]) -> str:

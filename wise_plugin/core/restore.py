@@ -1,4 +1,4 @@
-"""What every plugin editor shares with the hosts: the restore handle and the request check."""
+"""What every plugin editor shares with the hosts: the restore handle and the undo-on-failure context."""
 
 from __future__ import annotations
 
@@ -16,13 +16,22 @@ class RestoreHandle(dict):
     the host takes (the source host calls the handle of WISE after every non-sequential edit, and
     iterates ``items()`` for LEMoE); :meth:`undo` rolls back in every case. ``state`` is the wrapped
     layer's snapshot before the call, or None when the call created the layer and ``remove`` takes
-    it out again.
+    it out again. ``loaded`` says the call attached the layer from a checkpoint (``load_path``)
+    before ``state`` was taken: the host's restore keeps it, :meth:`rollback` removes it.
     """
 
     def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool,
-                 remove: Callable[[nn.Module], Any]) -> None:
+                 remove: Callable[[nn.Module], Any], loaded: bool = False) -> None:
         super().__init__()
         self._model, self._layer, self._state, self._lifelong, self._remove = model, layer, state, lifelong, remove
+        self._loaded = loaded
+
+    def rollback(self) -> None:
+        """Put the model back as it was before the call (a failed call: no edit, no loaded state)."""
+        if self._loaded:
+            self._remove(self._model)
+        else:
+            self.undo()
 
     def undo(self) -> None:
         """Undo the edits of the call that returned this handle (also with ``lifelong: true``)."""
@@ -40,25 +49,6 @@ class RestoreHandle(dict):
         return super().items()
 
 
-def check_call(requests: list[dict[str, Any]], copy: bool, editor: str) -> None:
-    """What every editor's host entry point checks before it changes anything: in-place editing
-    (``copy=False``), at least one request, each with a usable prompt and target."""
-    if copy:
-        raise ValueError(f"{editor} edits the model in place; copy=True is not supported.")
-    if not requests:
-        raise ValueError("no edit requests given.")
-    for request in requests:
-        check_request(request)
-
-
-def check_request(request: dict[str, Any]) -> None:
-    """Reject an edit request without a usable prompt or target before anything changes."""
-    for key in ("prompt", "target_new"):
-        value = request.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"edit request needs a non-empty string {key!r}, got {value!r}.")
-
-
 @contextlib.contextmanager
 def editing(model: nn.Module, handle: RestoreHandle) -> Iterator[None]:
     """Edit in eval mode; on any error undo what the call did (never leave a half-applied edit),
@@ -68,7 +58,7 @@ def editing(model: nn.Module, handle: RestoreHandle) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        handle.undo()
+        handle.rollback()
         raise
     finally:
         model.train(was_training)

@@ -168,12 +168,17 @@ def register(table: dict[str, Callable], name: str, apply_fn: Callable) -> str:
 
 
 def register_editors() -> None:
-    """Register WISE and LEMoE in the loaded host's ``ALG_DICT`` (idempotent)."""
+    """Register WISE and LEMoE in the loaded host's ``ALG_DICT`` and guard its ``BaseEditor``
+    (:mod:`wise_plugin.host.guard`); idempotent."""
     from easyeditor.util.alg_dict import ALG_DICT
 
+    from wise_plugin.host.guard import install_guard
     from wise_plugin.lemoe.main import apply_lemoe_to_model
     from wise_plugin.wise.main import apply_wise_to_model
 
+    editor_class = getattr(sys.modules["easyeditor"], "BaseEditor", None)
+    if editor_class is not None:
+        install_guard(editor_class)  # all-or-nothing calls and checked requests for the plugin's editors
     if ALG_DICT.get("WISE") is apply_wise_to_model and ALG_DICT.get("LEMoE") is apply_lemoe_to_model:
         return
     notes = [register(ALG_DICT, "WISE", apply_wise_to_model), register(ALG_DICT, "LEMoE", apply_lemoe_to_model)]

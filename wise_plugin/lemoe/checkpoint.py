@@ -1,8 +1,10 @@
 """Saving and loading the LEMoE state: tensors as safetensors, the rest as JSON (no pickle).
 
-A checkpoint folder holds ``lemoe_state.safetensors`` (experts, keys, router, routing anchors,
-irrelevant-text embeddings, planner centroids) and ``lemoe_state.json`` (module path, sizes,
-the edits of each expert, gate thresholds, which expert is open, the planner's batches).
+A checkpoint folder holds ``lemoe_state.json`` (module path, sizes, the edits of each expert, gate
+thresholds, which expert is open, the planner's batches) and the ``lemoe_state-<digest>.safetensors``
+it names (experts, keys, router, routing anchors, irrelevant-text embeddings, planner centroids, a
+fingerprint of the input embeddings), written atomically (:mod:`wise_plugin.core.checkpoint_files`).
+Loading checks everything it can before attaching, and takes the adaptor out again if it still fails.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from wise_plugin.core.checkpoint_files import read_checkpoint, write_checkpoint
-from wise_plugin.hparams import HParamsError
-from wise_plugin.lemoe.model import attach, find_layer
+from wise_plugin.core.checkpoint_files import (CheckpointError, read_checkpoint, same_weights, weight_fingerprint,
+                                               write_checkpoint)
+from wise_plugin.lemoe.model import attach, detach, find_layer
 from wise_plugin.core.modules import module_path
 
 FORMAT = "wise-plugin/lemoe"
-VERSION = 1
-STEM = "lemoe_state"  # lemoe_state.safetensors + lemoe_state.json
+VERSION = 2  # 2: digest-named tensor file and embedding fingerprint; version 1 folders still load
+STEM = "lemoe_state"  # lemoe_state.json + the lemoe_state-<digest>.safetensors it names
 
 
 def save_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> str:
@@ -29,6 +31,8 @@ def save_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> str:
         raise ValueError("this model has no LEMoE adaptor to save; edit it with LEMoE first.")
     tensors = {f"router.{k}": v for k, v in layer.router.state_dict().items()}
     tensors["anchor_embeds"], tensors["anchor_expert"] = layer.anchor_embeds, layer.anchor_expert
+    # routing reads the input embeddings: another model's would route the saved anchors wrongly
+    tensors["embedding_fingerprint"] = weight_fingerprint(model.get_input_embeddings().weight)
     if len(layer.keys):
         tensors["keys"] = layer.key_matrix()
     for index, expert in enumerate(layer.experts):
@@ -50,17 +54,33 @@ def save_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> str:
 
 
 def load_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> None:
-    """Attach the LEMoE adaptor of a folder written by ``save_checkpoint`` to ``model``."""
-    tensors, meta = read_checkpoint(path, STEM, FORMAT, VERSION, "LEMoE")
-    if hparams is not None and ".".join(module_path(hparams.layer)) != meta["layer"]:
-        raise HParamsError(f"checkpoint {path!r} extends {meta['layer']!r}, but the hparams' layer is {hparams.layer!r}.")
+    """Attach the LEMoE adaptor of a folder written by ``save_checkpoint`` to ``model``, which has none.
+    All or nothing: on any error the model is left as it was and a ``CheckpointError`` says why."""
+    tensors, meta = read_checkpoint(path, STEM, FORMAT, (1, VERSION), "LEMoE")
+    if hparams is not None and ".".join(module_path(hparams.layer)) != meta.get("layer"):
+        raise CheckpointError(f"checkpoint {path!r} extends {meta.get('layer')!r}, but the hparams' layer is {hparams.layer!r}.")
     if find_layer(model) is not None:
-        raise HParamsError("this model already has a LEMoE adaptor; detach it before loading a checkpoint.")
-    hidden = model.get_input_embeddings().embedding_dim
-    if hidden != meta["hidden"]:
-        raise HParamsError(f"checkpoint {path!r} was made for hidden size {meta['hidden']}; this model's is {hidden}.")
+        raise CheckpointError("this model already has a LEMoE adaptor; detach it before loading a checkpoint.")
+    embeddings = model.get_input_embeddings().weight
+    if embeddings.shape[1] != meta.get("hidden"):
+        raise CheckpointError(f"checkpoint {path!r} was made for hidden size {meta.get('hidden')}; this model's is "
+                              f"{embeddings.shape[1]}.")
+    if "embedding_fingerprint" in tensors and not same_weights(tensors["embedding_fingerprint"],
+                                                               weight_fingerprint(embeddings)):
+        raise CheckpointError(f"checkpoint {path!r} was saved from a model whose input embeddings differ from this "
+                              "model's (same shape, other values); load it into the model it was saved from.")
     layer, _ = attach(model, meta["layer"], "lowrank", meta["expert_width"], meta["router_hidden"], meta["key_dim"],
                       meta["lambda_"], meta["seed"])
+    try:
+        _fill(layer, tensors, meta)
+    except Exception as error:
+        detach(model)
+        raise CheckpointError(f"checkpoint {path!r} could not be loaded ({type(error).__name__}: {error}); "
+                              "the model is unchanged.") from error
+
+
+def _fill(layer: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Put the saved experts, router, keys and bookkeeping into a freshly attached adaptor."""
     device = layer.device
     tensors = {k: v.to(device) for k, v in tensors.items()}
     layer.router.load_state_dict({k[len("router."):]: v for k, v in tensors.items() if k.startswith("router.")})

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from wise_plugin.hparams import HParamsError, HyperParams, load_hparams
+from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS
+from wise_plugin.hparams import HyperParams, common_problems, ffn_block_problem, load_hparams
 
 EXPERT_KINDS = ("lowrank", "full")
-_MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*$")
 
 
 @dataclass
@@ -59,26 +58,30 @@ class LEMoEHyperParams(HyperParams):
     save_path: Optional[str] = None
     load_path: Optional[str] = None
     fp16: bool = False
+    # Longest request (prompt + target, in tokens) an edit call accepts; also capped by the model's context.
+    max_request_tokens: Optional[int] = DEFAULT_MAX_REQUEST_TOKENS
 
     def __post_init__(self) -> None:
-        problems = []
         path = self.layer
         if path is None and self.inner_params:
             path = self.inner_params[0] if isinstance(self.inner_params, list) else self.inner_params
-        if not isinstance(path, str) or not path.strip():
+        if isinstance(path, str):
+            self.layer = path.strip()
+            self.inner_params = [self.layer]
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        """Ranges, choices and the extended module's path (types are checked before this runs)."""
+        problems = []
+        if not self.layer:
             problems.append("layer must name the FFN module to extend, e.g. 'model.layers[17].mlp'")
         else:
-            path = path.strip()
-            if path.endswith(".weight") or path.endswith(".bias"):
-                problems.append(
-                    f"layer {path!r} names a parameter; LEMoE extends a whole FFN module, e.g. 'model.layers[17].mlp'")
-            elif not _MODULE_PATH.match(path):
-                problems.append(f"layer {path!r} is not a module path like 'model.layers[17].mlp'")
-        self.layer = path
-        self.inner_params = [path] if isinstance(path, str) else self.inner_params
-        if not isinstance(self.edits_per_expert, int) or self.edits_per_expert < 1:
-            problems.append(f"edits_per_expert (capacity of one expert) must be an integer >= 1, got {self.edits_per_expert!r}")
-        if self.max_experts is not None and (not isinstance(self.max_experts, int) or self.max_experts < 1):
+            problem = ffn_block_problem(self.layer)
+            if problem:
+                problems.append(problem)
+        if self.edits_per_expert < 1:
+            problems.append(f"edits_per_expert (capacity of one expert) must be >= 1, got {self.edits_per_expert!r}")
+        if self.max_experts is not None and self.max_experts < 1:
             problems.append(f"max_experts must be >= 1 (or null for no limit), got {self.max_experts!r}; "
                             "zero experts cannot hold any edit")
         if self.expert_kind not in EXPERT_KINDS:
@@ -87,14 +90,16 @@ class LEMoEHyperParams(HyperParams):
             problems.append("rank, router_hidden and key_dim must be >= 1")
         if self.lr <= 0 or self.router_lr <= 0 or self.n_iter < 1 or self.router_iter < 0:
             problems.append("lr and router_lr must be > 0, n_iter >= 1 and router_iter >= 0")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.lambda_ <= 0:
             problems.append(f"lambda_ (expert output scale) must be > 0, got {self.lambda_}")
         if not 0.0 <= self.gate_margin <= 1.0:
             problems.append(f"gate_margin must be in [0, 1], got {self.gate_margin}")
         if not -1.0 <= self.gate_low < self.gate_high <= 1.0:
             problems.append(f"need -1 <= gate_low < gate_high <= 1 (cosine targets), got {self.gate_low}, {self.gate_high}")
-        if problems:
-            raise HParamsError("invalid LEMoE hparams: " + "; ".join(problems) + ".")
+        problems += common_problems(self)
+        return problems
 
     @classmethod
     def from_hparams(cls, hparams_name_or_path: str) -> "LEMoEHyperParams":

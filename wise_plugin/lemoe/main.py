@@ -9,7 +9,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from wise_plugin.core.restore import RestoreHandle, check_call, editing
+from wise_plugin.core.requests import check_call
+from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.lemoe.config import LEMoEHyperParams
@@ -24,8 +25,9 @@ logger = logging.getLogger("wise_plugin.lemoe")
 class LEMoERestore(RestoreHandle):
     """Restore handle whose removal path detaches the adaptor created by the call."""
 
-    def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool) -> None:
-        super().__init__(model, layer, state, lifelong, remove=detach)
+    def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool,
+                 loaded: bool = False) -> None:
+        super().__init__(model, layer, state, lifelong, remove=detach, loaded=loaded)
 
 
 def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: LEMoEHyperParams,
@@ -37,13 +39,20 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
     frozen and the next request opens a new one. Several requests in one call are first put in
     planned order (k-means clusters, see :mod:`wise_plugin.lemoe.planner`) when ``plan`` is on.
     """
-    check_call(requests, copy, "LEMoE")
-    if hparams.load_path and find_layer(model) is None:
-        load_checkpoint(model, hparams.load_path, hparams)
+    hparams.validate()  # values assigned after loading are checked like the YAML's
+    check_call(requests, copy, "LEMoE", tok, model, hparams.max_request_tokens)
+    loaded = bool(hparams.load_path) and find_layer(model) is None
+    if loaded:
+        load_checkpoint(model, hparams.load_path, hparams)  # validated before attaching; all or nothing
         logger.info("LEMoE state loaded from %s", hparams.load_path)
-    layer, created = attach(model, hparams.layer, hparams.expert_kind, hparams.rank, hparams.router_hidden,
-                            hparams.key_dim, hparams.lambda_, hparams.seed)
-    handle = LEMoERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
+    try:
+        layer, created = attach(model, hparams.layer, hparams.expert_kind, hparams.rank, hparams.router_hidden,
+                                hparams.key_dim, hparams.lambda_, hparams.seed)
+    except BaseException:
+        if loaded:
+            detach(model)
+        raise
+    handle = LEMoERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong, loaded)
     device = input_device(model)
     with editing(model, handle):
         layer.gate = hparams.gate
@@ -83,7 +92,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
                         result.loss, routing["steps"], routing["route_acc"], time.perf_counter() - start)
         if hparams.gate:
             calibrate_gate(layer, hparams)
-    if hparams.save_path:
-        save_checkpoint(model, hparams.save_path, hparams)
-        logger.info("LEMoE state after %d edits saved to %s", layer.n_edits, hparams.save_path)
+        if hparams.save_path:
+            save_checkpoint(model, hparams.save_path, hparams)
+            logger.info("LEMoE state after %d edits saved to %s", layer.n_edits, hparams.save_path)
     return model, handle

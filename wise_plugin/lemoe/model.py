@@ -64,6 +64,9 @@ def attach(model: nn.Module, path: str, expert_kind: str, rank: int, router_hidd
     parent, name, module = resolve(model, path)
     if isinstance(module, LEMoELayer):
         return module, False
+    if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)) or not any(True for _ in module.children()):
+        raise HParamsError(f"layer {path!r} is a single {type(module).__name__}; LEMoE adds experts beside a whole "
+                           "FFN block: name the block that holds it, e.g. 'model.layers[17].mlp'.")
     if existing is not None:
         raise HParamsError(
             f"this model already has a LEMoE adaptor at another module; layer {path!r} differs. "

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from wise_plugin.hparams import HParamsError, build, read_yaml, resolve_model_name
+from wise_plugin.hparams import HParamsError, build, check_model_name, read_yaml, resolve_model_name
 from wise_plugin.host import alg_dict, base_editor, host_flavour, import_host
 from wise_plugin.runner.errors import RunnerInputError
 
@@ -139,12 +139,10 @@ def load_spec(path: str, label: Optional[str] = None) -> EditorSpec:
         hparams = build(cls, _host_config(dict(config), alg_name), path, alg_name)
     hparams.model_name = resolve_model_name(hparams.model_name)
     name = hparams.model_name
-    if isinstance(name, str) and (os.sep in name or name.startswith((".", "~"))) \
-            and not os.path.isdir(os.path.expanduser(name)):
-        raise HParamsError(
-            f"{path}: model_name {name!r} is not an existing folder. Point it at a downloaded Hugging Face "
-            "model folder, or use model_name: 'embedded:smollm2-135m'."
-        )
+    try:
+        check_model_name(name)
+    except HParamsError as error:
+        raise HParamsError(f"{path}: {error}") from error
     # Plugin editors keep edits across BaseEditor.edit calls only with lifelong set; the host's
     # editors keep them anyway when called with keep_original_weight=False.
     hparams.lifelong = True

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS, EditRequestError, check_lengths
 from wise_plugin.evaluation import contains_target, greedy_answer, wild_answer, wild_exact_match
 from wise_plugin.host import compute_edit_quality
 from wise_plugin.runner.datasets import DatasetFormat
@@ -132,14 +133,29 @@ class ResultStore:
         self.path = os.path.join(out_dir, RESULTS_FILE)
         self.lines: dict[str, dict[str, Any]] = {}
         if os.path.isfile(self.path):
+            self._repair()
             with open(self.path, encoding="utf-8") as handle:
                 for number, text in enumerate(handle, 1):
                     try:
                         line = json.loads(text)
                         self.lines[line["key"]] = line
-                    except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by an interruption
-                        logger.warning("%s: line %d is incomplete and is ignored", self.path, number)
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        logger.warning("%s: line %d is not a chunk record and is ignored", self.path, number)
             logger.info("%s holds %d finished chunks", self.path, len(self.lines))
+
+    def _repair(self) -> None:
+        """Cut off a last line that an interrupted append left without its newline, so the next
+        append starts on a line of its own (that chunk is not counted as done and runs again)."""
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if not data or data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        logger.warning("%s: the last line was cut short by an interruption (%d bytes); removed, its chunk runs again",
+                       self.path, len(data) - keep)
 
     def __contains__(self, key: str) -> bool:
         return key in self.lines
@@ -273,12 +289,24 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     return records, float(sum(edit_seconds)), eval_seconds + time.perf_counter() - eval_start
 
 
+def _check_lengths(editor: Any, requests: Sequence[dict[str, Any]], first_index: int) -> None:
+    """Every request of a chunk within the editor's ``max_request_tokens`` (the plugin's default for
+    the host's editors) and the model's context, before any scoring or editing starts."""
+    limit = getattr(editor.hparams, "max_request_tokens", DEFAULT_MAX_REQUEST_TOKENS)
+    for offset, request in enumerate(requests):
+        try:
+            check_lengths(editor.tok, editor.model, [request], limit)
+        except EditRequestError as error:
+            raise RunnerInputError(f"record {first_index + offset} of the data: {error}") from error
+
+
 def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
               options: RunOptions, model_factory: Optional[ModelFactory] = None,
               bar: Optional[tqdm] = None, setup_cache: Optional[SetupCache] = None) -> dict[str, Any]:
     """Edit the chunk's requests on a fresh editor, then score all of them; returns the chunk's line."""
     _seed(options.seed)
     editor = build_editor(spec, model_factory)
+    _check_lengths(editor, requests, options.start + chunk.start)
 
     def apply(stream: Sequence[dict[str, Any]]) -> list[float]:
         seconds = []

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
-from wise_plugin.hparams import HParamsError, HyperParams, load_hparams
+from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS
+from wise_plugin.hparams import HyperParams, common_problems, ffn_output_problem, load_hparams
 from wise_plugin.wise.merge import MERGE_ALGS
 
 OPTIMIZERS = ("sgd", "adam")
 ROUTE_BY = ("score", "ratio", "newest")
-_PARAM_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*\.(weight)$")
 
 
 @dataclass
@@ -73,19 +72,32 @@ class WISEHyperParams(HyperParams):
     route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper), "ratio" (score / own threshold), "newest"
     fast_path: bool = True
     seed: int = 42
+    # Longest request (prompt + target, in tokens) an edit call accepts; also capped by the model's context.
+    max_request_tokens: Optional[int] = DEFAULT_MAX_REQUEST_TOKENS
 
     def __post_init__(self) -> None:
-        problems = []
-        if isinstance(self.inner_params, str):
+        if isinstance(self.inner_params, str):  # upstream files sometimes give the one path as a string
             self.inner_params = [self.inner_params]
-        if not self.inner_params or not all(isinstance(p, str) for p in self.inner_params):
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        """Ranges, choices and the edited module's path (types are checked before this runs)."""
+        problems = []
+        if len(self.inner_params) != 1:
             problems.append("inner_params must be a list with one parameter path, e.g. ['model.layers[25].mlp.down_proj.weight']")
-        elif not _PARAM_PATH.match(self.inner_params[0].strip()):
-            problems.append(
-                f"inner_params {self.inner_params[0]!r} is not a weight path like 'model.layers[25].mlp.down_proj.weight'"
-            )
+        else:
+            problem = ffn_output_problem(self.inner_params[0])
+            if problem:
+                problems.append(problem)
         if len(self.act_margin) != 3:
             problems.append(f"act_margin must be [alpha, beta, gamma], got {self.act_margin!r}")
+        if not 0.0 < self.act_ratio <= 1.0:
+            problems.append(f"act_ratio is {self.act_ratio}; it must be in (0, 1] (the routing threshold is act_ratio "
+                            "times the lowest edit score, so <= 0 sends every input through the side memory; the "
+                            "paper uses 0.88)")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            problems.append(f"norm_constraint is {self.norm_constraint}; it must be > 0 (the largest change of a "
+                            "side-memory entry per edit; 1.0 in the paper) or null for none")
         if not 0.0 < self.mask_ratio <= 1.0:
             problems.append(f"mask_ratio must be in (0, 1], got {self.mask_ratio}")
         if self.save_freq is not None and (self.save_freq < 1 or self.merge_freq % self.save_freq):
@@ -97,20 +109,21 @@ class WISEHyperParams(HyperParams):
         if self.densities is not None and not 0.0 < self.densities <= 1.0:
             problems.append(f"densities must be in (0, 1], got {self.densities}")
         if self.n_iter < 1 or self.edit_lr <= 0:
-            problems.append("n_iter must be >= 1 and edit_lr > 0")
+            problems.append(f"n_iter must be >= 1 and edit_lr > 0, got {self.n_iter} and {self.edit_lr}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
         if self.route_by not in ROUTE_BY:
             problems.append(f"route_by {self.route_by!r} is not supported; use one of {ROUTE_BY}")
-        if self.stop_patience is not None and (isinstance(self.stop_patience, bool) or not isinstance(self.stop_patience, int)
-                                               or self.stop_patience < 0):
-            problems.append(f"stop_patience must be a whole number >= 0 or null, got {self.stop_patience!r}")
+        if self.stop_patience is not None and self.stop_patience < 0:
+            problems.append(f"stop_patience must be >= 0 or null, got {self.stop_patience!r}")
         if self.stop_token_prob is not None and not 0.0 < self.stop_token_prob < 1.0:
             problems.append(f"stop_token_prob must be in (0, 1) or null, got {self.stop_token_prob}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
-        if problems:
-            raise HParamsError("invalid WISE hparams: " + "; ".join(problems) + ".")
+        if any(length < 1 for length in self.prefix_lengths):
+            problems.append(f"prefix_lengths must be token counts >= 1, got {self.prefix_lengths}")
+        problems += common_problems(self)
+        return problems
 
     @property
     def alpha(self) -> float:

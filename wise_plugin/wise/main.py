@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from wise_plugin.core.restore import RestoreHandle, check_call, editing
+from wise_plugin.core.requests import check_call
+from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.wise.config import WISEHyperParams
 from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
@@ -30,8 +31,9 @@ logger = logging.getLogger("wise_plugin.wise")
 class WISERestore(RestoreHandle):
     """Restore handle whose removal path detaches the side memory created by the call."""
 
-    def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool) -> None:
-        super().__init__(model, layer, state, lifelong, remove=detach)
+    def __init__(self, model: nn.Module, layer: Any, state: Optional[dict[str, Any]], lifelong: bool,
+                 loaded: bool = False) -> None:
+        super().__init__(model, layer, state, lifelong, remove=detach, loaded=loaded)
 
 
 def _replay_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str],
@@ -127,6 +129,33 @@ def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hpara
     layer.caches.pool_texts, layer.caches.pool_acts, layer.caches.pool_mask = pool, pool_acts, pool_mask
 
 
+def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any], hparams: WISEHyperParams,
+              stack: Any, lower: Sequence[nn.Module], device: torch.device) -> None:
+    """Train one request into the side memory and book it (shards, merges, thresholds)."""
+    start = time.perf_counter()
+    group = layer.book.active_edits()  # edits that live in the memory being trained
+    replay = random.Random(hparams.seed + layer.book.edits).sample(group, k=min(hparams.rehearse, len(group)))
+    batch = build_batch(tok, request["prompt"], request["target_new"], layer.caches.prefixes,
+                        hparams.use_chat_template, device, replay)
+    draw = _draw_loc(layer, request, hparams)
+    # cached irrelevant rows, also for a layout the fast path does not know (stack None);
+    # the reference path (fast_path false) runs them through the model instead
+    loc = _loc_rows(model, layer, tok, draw, lower) if hparams.fast_path else _loc_tokens(layer, tok, draw, device)
+    rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
+        if stack is not None and layer.caches.kwargs_shared else []
+    result = train_edit(model, layer, stack, batch, loc, hparams, rehearsed)
+    layer.book.memory.append((request["prompt"], request["target_new"]))
+    if result.block_input is not None:
+        layer.caches.block_inputs[batch.text] = result.block_input
+    layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
+                      hparams.merge_alg, hparams.densities, hparams.weights,
+                      result.probe if hparams.refresh_threshold else None)
+    logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, thresholds %s",
+                layer.book.edits, request["prompt"], request["target_new"], result.iterations,
+                time.perf_counter() - start, result.edit_loss, result.score,
+                [round(t, 2) for t in layer.thresholds()])
+
+
 def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any]], hparams: WISEHyperParams,
                         copy: bool = False, return_orig_weights: bool = False, keep_original_weight: bool = False,
                         setup_cache: Optional[SetupCache] = None, **kwargs: Any) -> tuple[nn.Module, WISERestore]:
@@ -135,50 +164,36 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     ``setup_cache`` (optional, held by the caller) shares the once-per-model setup between models
     with the same weights; without it each model keeps its own.
     """
-    check_call(requests, copy, "WISE")
+    hparams.validate()  # values assigned after loading are checked like the YAML's
+    check_call(requests, copy, "WISE", tok, model, hparams.max_request_tokens)
     inner_param = hparams.inner_params[0]
-    if hparams.load_path and find_layer(model) is None:
-        load_checkpoint(model, hparams.load_path, inner_param)
+    loaded = bool(hparams.load_path) and find_layer(model) is None
+    if loaded:
+        load_checkpoint(model, hparams.load_path, inner_param)  # validated before attaching; all or nothing
         logger.info("WISE state loaded from %s", hparams.load_path)
-    layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed, hparams.retrieve)
+    try:
+        layer, created = attach(model, inner_param, hparams.mask_ratio, hparams.seed, hparams.retrieve)
+    except BaseException:
+        if loaded:
+            detach(model)
+        raise
     layer.route_by = hparams.route_by
-    handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong)
-    layout = upper_stack(model, inner_param)
-    lower = layout.lower if layout is not None else []  # frozen blocks below the edit
-    if not layer.caches.ready():
-        _setup(model, layer, tok, inner_param, hparams, lower, setup_cache)
-    stack = layout if hparams.fast_path else None
-    if hparams.fast_path and stack is None:
-        logger.warning("fast path unavailable for %s; running the full model on the edit rows every iteration",
-                       type(model).__name__)
-    device = input_device(model)
-    with editing(model, handle):
+    handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong, loaded)
+    with editing(model, handle):  # from here on, any failure leaves the model as it was before the call
+        layout = upper_stack(model, inner_param)
+        lower = layout.lower if layout is not None else []  # frozen blocks below the edit
+        if not layer.caches.ready():
+            _setup(model, layer, tok, inner_param, hparams, lower, setup_cache)
+        stack = layout if hparams.fast_path else None
+        if hparams.fast_path and stack is None:
+            logger.warning("fast path unavailable for %s; running the full model on the edit rows every iteration",
+                           type(model).__name__)
+        device = input_device(model)
         for request in requests:
-            start = time.perf_counter()
-            group = layer.book.active_edits()  # edits that live in the memory being trained
-            replay = random.Random(hparams.seed + layer.book.edits).sample(group, k=min(hparams.rehearse, len(group)))
-            batch = build_batch(tok, request["prompt"], request["target_new"], layer.caches.prefixes,
-                                hparams.use_chat_template, device, replay)
-            draw = _draw_loc(layer, request, hparams)
-            # cached irrelevant rows, also for a layout the fast path does not know (stack None);
-            # the reference path (fast_path false) runs them through the model instead
-            loc = _loc_rows(model, layer, tok, draw, lower) if hparams.fast_path else _loc_tokens(layer, tok, draw, device)
-            rehearsed = _rehearsed_inputs(model, layer, tok, batch.rehearsed, stack.blocks[0]) \
-                if stack is not None and layer.caches.kwargs_shared else []
-            result = train_edit(model, layer, stack, batch, loc, hparams, rehearsed)
-            layer.book.memory.append((request["prompt"], request["target_new"]))
-            if result.block_input is not None:
-                layer.caches.block_inputs[batch.text] = result.block_input
-            layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
-                              hparams.merge_alg, hparams.densities, hparams.weights,
-                              result.probe if hparams.refresh_threshold else None)
-            logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, thresholds %s",
-                        layer.book.edits, request["prompt"], request["target_new"], result.iterations,
-                        time.perf_counter() - start, result.edit_loss, result.score,
-                        [round(t, 2) for t in layer.thresholds()])
-    if hparams.save_path:
-        save_checkpoint(model, hparams.save_path, inner_param)
-        logger.info("WISE state after %d edits saved to %s", layer.book.edits, hparams.save_path)
+            _edit_one(model, layer, tok, request, hparams, stack, lower, device)
+        if hparams.save_path:
+            save_checkpoint(model, hparams.save_path, inner_param)
+            logger.info("WISE state after %d edits saved to %s", layer.book.edits, hparams.save_path)
     # The source-repository host ends a sequential WISE run with ``edited_model.save(save_path)``
     # (its own WISE returns a wrapper that has that method); ours returns the model itself.
     if not hasattr(model, "save"):

@@ -26,6 +26,16 @@ def resolve(model: nn.Module, inner_param: str) -> tuple[nn.Module, str, nn.Modu
             f"inner_params {inner_param!r} is a {type(module).__name__}; WISE edits an FFN projection "
             "(nn.Linear, or GPT-2's Conv1D), e.g. model.layers[N].mlp.down_proj.weight."
         )
+    # nn.Linear keeps [out, in], Conv1D [in, out]; an FFN output projection narrows the FFN's wide
+    # hidden layer back to the model width, so anything else (q/o projections, up_proj) is a wrong path
+    out_features, in_features = module.weight.shape if isinstance(module, nn.Linear) else module.weight.shape[::-1]
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+    if in_features <= out_features or (isinstance(width, int) and out_features != width):
+        raise HParamsError(
+            f"inner_params {inner_param!r} maps {in_features} to {out_features} features; WISE edits an FFN output "
+            f"projection, which maps the FFN's wider hidden layer back to the model width"
+            f"{f' ({width})' if isinstance(width, int) else ''}, e.g. model.layers[N].mlp.down_proj.weight."
+        )
     return parent, name, module
 
 
