@@ -57,7 +57,8 @@ def main() -> None:
     print(write_result(result, args.out, "Lifelong ZsRE, LEMoE on SmolLM2-135M", {
         "T": result["n"], "order": args.order, "gate": "on" if hparams.gate else "off",
         "experts": result["n_experts"], "rewrite_acc": result["rewrite_acc"], "rephrase_acc": result["rephrase_acc"],
-        "locality": result["locality"], "greedy contains target": result.get("greedy_acc"),
+        "locality": result["locality"], "near-miss": result.get("near_miss"),
+        "greedy contains target": result.get("greedy_acc"),
         "s/edit": f"{result['edit_seconds_per_edit']:.1f}"}))
 
 

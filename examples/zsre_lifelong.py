@@ -53,7 +53,8 @@ def main() -> None:
                   data=os.path.relpath(args.data, ROOT), start=args.start)
     print(write_result(result, args.out, "Lifelong ZsRE, WISE on SmolLM2-135M", {
         "T": result["n"], "rewrite_acc": result["rewrite_acc"], "rephrase_acc": result["rephrase_acc"],
-        "locality": result["locality"], "greedy contains target": result["greedy_acc"],
+        "locality": result["locality"], "near-miss": result.get("near_miss"),
+        "greedy contains target": result["greedy_acc"],
         "s/edit": f"{result['edit_seconds_per_edit']:.1f}"}))
 
 

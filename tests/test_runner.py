@@ -199,11 +199,12 @@ def test_report_files(full_run, tmp_path):
     assert [(r["editor"], r["T"], r["chunks"], r["edits"]) for r in result["summary"]] == [
         ("WISE", 1, 2, 2), ("WISE", 2, 1, 2), ("FT", 1, 2, 2), ("FT", 2, 1, 2)]
     for row in result["summary"]:
-        assert all(0.0 <= row[m] <= 1.0 for m in ("rel", "gen", "loc", "avg", "gen_rel"))
+        assert all(0.0 <= row[m] <= 1.0 for m in ("rel", "gen", "loc", "avg", "gen_rel", "near"))
         assert row["avg"] == pytest.approx((row["rel"] + row["gen"] + row["loc"]) / 3)
     paths = write_reports(result, str(tmp_path), {"command": "test"})
     table = open(paths["results.md"], encoding="utf-8").read()
     assert "| method (Rel/Gen/Loc/Avg) | T=1 | T=2 |" in table and "| WISE |" in table and "| FT |" in table
+    assert "near-miss Loc" in table
     with open(paths["records.csv"], encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 8 and {r["editor"] for r in rows} == {"WISE", "FT"}
@@ -308,3 +309,49 @@ def test_an_overlong_record_stops_the_chunk_before_any_scoring(tiny_yamls, smoll
                        RunOptions(t_values=(2,), n=2, progress=False), str(tmp_path), model_factory=models)
     assert not os.path.exists(os.path.join(str(tmp_path), RESULTS_FILE)) or \
         not open(os.path.join(str(tmp_path), RESULTS_FILE)).read()
+
+
+# Near-miss locality ---------------------------------------------------------------------------------
+
+def test_near_miss_prompts_swap_the_subject_within_the_relation():
+    from wise_plugin.runner.near_miss import attach_near_miss
+
+    path = os.path.join(SHARED_DATA, "counterfact", "counterfact-edit-1k.json")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not on this machine")
+    requests = load_requests("counterfact", path)[:20]
+    again = attach_near_miss(requests, "counterfact", path)
+    assert [r["near_miss"] for r in requests] == again  # the same draw every time
+    first = requests[0]  # David Robinson professionally plays the sport
+    swaps, own = first["near_miss"][:-1], first["near_miss"][-1]
+    assert own == first["locality"]["neighborhood"]["prompt"]  # CounterFact's locality prompt is a near miss
+    assert len(swaps) == 2 and all(p.endswith(" professionally plays the sport") for p in swaps)
+    assert all("David Robinson" not in p for p in swaps)
+
+
+def test_near_miss_locality_is_one_when_nothing_changes_and_drops_when_the_model_does(tiny_yamls, smollm2_path):
+    """The protocol's near-miss score on a real (tiny) model: an edit that changes nothing keeps every
+    continuation; one that scales the output head changes them. The editor never sees the prompts."""
+    from wise_plugin.runner.editors import build_editor
+    from wise_plugin.runner.protocol import score_stream
+
+    requests = load_requests("builtin")[:3]
+    editor = build_editor(load_specs(tiny_yamls[1:])[0], TinyModels(smollm2_path))
+    seen = []
+
+    def no_change(stream):
+        seen.extend(stream)
+        return [0.0] * len(stream)
+
+    records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, no_change, generation=False)
+    assert [r["near"] for r in records] == [1.0, 1.0, 1.0] and all(r["near_changed"] == [] for r in records)
+
+    def scramble(stream):
+        with torch.no_grad():
+            torch.manual_seed(1)
+            editor.model.lm_head.weight.mul_(torch.randn_like(editor.model.lm_head.weight))
+        return [0.0] * len(stream)
+
+    records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scramble, generation=False)
+    assert sum(r["near"] for r in records) < 3.0
+    assert any(r["near_changed"] == [requests[i]["near_miss"][0]] for i, r in enumerate(records))

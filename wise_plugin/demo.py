@@ -29,6 +29,7 @@ def demo_requests() -> list[dict[str, Any]]:
         "prompt": r["prompt"], "target_new": r["target_new"], "ground_truth": r["ground_truth"],
         "rephrase_prompt": r["rephrase_prompt"], "portability": {},
         "locality": {"neighborhood": {"prompt": r["locality_prompt"], "ground_truth": r["locality_ground_truth"]}},
+        "near_miss": [r["locality_prompt"]],  # the same relation with another subject: "The capital of Canada is"
     } for r in records]
 
 
@@ -54,12 +55,15 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
 
     print("\nWISE on SmolLM2-135M-Instruct through EasyEdit's BaseEditor: "
           f"{result['n']} edits, all scored after the last one")
-    print(f"{'prompt':45} {'target':18} {'rel pre':>7} {'rel':>5} {'gen':>5} {'loc':>5}")
+    print(f"{'prompt':45} {'target':18} {'rel pre':>7} {'rel':>5} {'gen':>5} {'loc':>5} {'near':>5}")
     for r in result["records"]:
         print(f"{r['prompt'][:45]:45} {r['target_new'][:18]:18} {r['pre_rel']:7.2f} "
-              f"{r['rel']:5.2f} {r['gen']:5.2f} {r['loc']:5.2f}")
+              f"{r['rel']:5.2f} {r['gen']:5.2f} {r['loc']:5.2f} {r['near']:5.2f}")
     print(f"mean: rewrite_acc {result['rewrite_acc']:.3f}  rephrase_acc {result['rephrase_acc']:.3f}  "
-          f"locality {result['locality']:.3f}  edit time {result['edit_seconds_per_edit']:.1f} s/edit\n")
+          f"locality {result['locality']:.3f}  near-miss unchanged {result['near_miss']:.3f}  "
+          f"edit time {result['edit_seconds_per_edit']:.1f} s/edit\n")
+    print("near: share of the edit's near-miss prompts (same relation, another subject) whose greedy "
+          "continuation is unchanged")
     print("greedy generations (before -> after):")
     for prompt, expected in probes:
         print(f"  {prompt!r} [{expected}]\n      before: {before[prompt]!r}\n      after:  {after[prompt]!r}")

@@ -49,6 +49,10 @@ def zsre_requests(path: str, count: Optional[int] = None, start: int = 0) -> lis
             "locality": {"neighborhood": {"prompt": record["loc"], "ground_truth": record["loc_ans"]}},
             "portability": {},
         })
+    from wise_plugin.runner.near_miss import attach_near_miss
+
+    for request, prompts in zip(requests, attach_near_miss(requests, "zsre", path)):
+        request["near_miss"] = prompts  # scored by the protocol, never given to the editor
     return requests
 
 
@@ -108,17 +112,24 @@ def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]], edited_be
               "edit_seconds_per_edit": edit_seconds / (len(records) - edited_before), "records": records}
     if records and "gen_rel" in records[0]:
         result.update(greedy_acc=mean("gen_rel"), wild_rel=mean("wild_rel"))
+    if any(r.get("near") is not None for r in records):
+        result["near_miss"] = mean("near")
     return result
 
 
 @torch.no_grad()
-def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 12) -> str:
-    """Greedy continuation of ``prompt`` (with the KV cache, as users generate)."""
+def greedy_ids(model: Any, tok: Any, prompt: str, max_new_tokens: int = 12) -> list[int]:
+    """Token ids of the greedy continuation of ``prompt`` (with the KV cache, as users generate)."""
     device = next(model.parameters()).device
     encoded = tok(prompt, return_tensors="pt").to(device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return tok.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return out[0, encoded["input_ids"].shape[1]:].tolist()
+
+
+def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 12) -> str:
+    """Greedy continuation of ``prompt`` as text."""
+    return tok.decode(greedy_ids(model, tok, prompt, max_new_tokens), skip_special_tokens=True).strip()
 
 
 def contains_target(generation: str, target: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from wise_plugin.host import host_attr
 from wise_plugin.runner.errors import RunnerInputError
+from wise_plugin.runner.near_miss import attach_near_miss
 
 logger = logging.getLogger("wise_plugin")
 
@@ -167,6 +168,8 @@ def load_requests(name: str, path: Optional[str] = None) -> list[dict[str, Any]]
     """Every edit request of the ``name`` dataset at ``path`` (the built-in set when ``path`` is None).
 
     The file's keys are checked first; ZsreDataset skips records with an empty target, as in EasyEdit.
+    Requests of ZsRE, CounterFact and the built-in set carry their ``near_miss`` prompts
+    (:mod:`wise_plugin.runner.near_miss`), which the runner scores and never gives to an editor.
     """
     fmt = dataset_format(name)
     if path is None:
@@ -175,5 +178,8 @@ def load_requests(name: str, path: Optional[str] = None) -> list[dict[str, Any]]
         path = builtin_path()
     check_keys(_read_records(path), fmt, path)
     requests = _LOADERS[name](path)
+    for request, prompts in zip(requests, attach_near_miss(requests, name, path)):
+        if prompts:
+            request["near_miss"] = prompts
     logger.info("read %d %s edit requests from %s", len(requests), name, path)
     return requests

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS, EditRequestError, check_lengths
-from wise_plugin.evaluation import contains_target, greedy_answer, wild_answer, wild_exact_match
+from wise_plugin.evaluation import contains_target, greedy_answer, greedy_ids, wild_answer, wild_exact_match
 from wise_plugin.host import compute_edit_quality
 from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
@@ -41,7 +41,7 @@ logger = logging.getLogger("wise_plugin")
 
 RESULTS_FILE = "chunks.jsonl"
 WILD_VERSION = 1  # enters the chunk key: chunks stored before the WILD score are recomputed
-METRICS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_rel", "wild_rel", "wild_gen")
+METRICS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_rel", "wild_rel", "wild_gen", "near")
 # short targets: "greedy output contains it" and the WILD exact match are meaningful
 GREEDY_FORMATS = ("zsre", "counterfact", "builtin")
 
@@ -56,6 +56,7 @@ class RunOptions:
     seed: int = 0
     eval_target_tokens: int = 40  # teacher-forced scoring reads at most this many tokens after the prompt
     greedy_tokens: int = 16
+    near_miss_tokens: int = 8  # greedy tokens compared before and after the edits for each near-miss prompt
     ppl_clip: float = 100.0  # the WISE paper clips hallucination perplexity at 100
     # irrelevant texts for each request's ``loc_prompt`` (the source host's WISE needs one): the
     # plugin's built-in pool, or a JSON file of strings / ZsRE / CounterFact records
@@ -120,6 +121,7 @@ def chunk_key(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
         "hparams": spec.fingerprint, "model": spec.model_name, "dataset": fmt.name,
         "requests": list(requests), "seed": options.seed, "eval_target_tokens": options.eval_target_tokens,
         "greedy_tokens": options.greedy_tokens, "ppl_clip": options.ppl_clip, "wild": WILD_VERSION,
+        "near_miss_tokens": options.near_miss_tokens,
     }, sort_keys=True, default=str)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{spec.label}|T={chunk.t}|chunk={chunk.index}|{digest}"
@@ -207,11 +209,12 @@ def _edit(editor: Any, request: dict[str, Any], setup_cache: Optional[SetupCache
     that take a ``setup_cache`` (the plugin's WISE) get the comparison's, so each fresh model of
     the same weights reuses the once-per-model setup.
     """
+    request = {k: v for k, v in request.items() if k != "near_miss"}  # evaluation only: never shown to an editor
     chatter = io.StringIO()  # the host's editors print every optimisation step
     extra = {"setup_cache": setup_cache} if setup_cache is not None and _takes(editor.apply_algo, "setup_cache") else {}
     start = time.perf_counter()
     with contextlib.redirect_stdout(chatter):
-        editor.apply_algo(editor.model, editor.tok, [dict(request)], editor.hparams, copy=False,
+        editor.apply_algo(editor.model, editor.tok, [request], editor.hparams, copy=False,
                           return_orig_weights=True, keep_original_weight=False, train_ds=None, **extra)
     seconds = time.perf_counter() - start
     logger.debug("%s edit output:\n%s", editor.alg_name, chatter.getvalue())
@@ -246,6 +249,11 @@ def _record(request: dict[str, Any], index: int, fmt: DatasetFormat, before: dic
     return record
 
 
+def _near_miss_answers(editor: Any, request: dict[str, Any], tokens: int) -> list[list[int]]:
+    """Greedy continuations of the request's near-miss prompts (see :mod:`wise_plugin.runner.near_miss`)."""
+    return [greedy_ids(editor.model, editor.tok, prompt, tokens) for prompt in request.get("near_miss", [])]
+
+
 def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
     """WILD-style answers to the edit and rephrase prompts (natural stop, no KV cache) and their
     normalised exact match against the target."""
@@ -264,12 +272,14 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
                  progress: bool = False, generation: bool = True) -> tuple[list[dict[str, Any]], float, float]:
     """The lifelong protocol on one stream: score every request on the unedited model, ``apply``
     them all (it returns edit seconds, one per request or one in all), then score every request
-    again; locality is agreement with the unedited model's tokens. With ``generation`` and short
+    again; locality is agreement with the unedited model's tokens, near-miss locality the share of a
+    request's ``near_miss`` prompts whose greedy continuation is unchanged. With ``generation`` and short
     targets each record also gets the greedy and WILD-style answers. Returns the per-request records
     (index ``first_index`` on), the edit seconds and the scoring seconds."""
     eval_start = time.perf_counter()
     before = [_score(editor, r, fmt.eval_metric, options.eval_target_tokens)
               for r in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress)]
+    near_before = [_near_miss_answers(editor, r, options.near_miss_tokens) for r in requests]
     eval_seconds = time.perf_counter() - eval_start
     edit_seconds = list(apply(requests))
     per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
@@ -283,6 +293,11 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
             record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
             record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
             record.update(_wild(editor, request))
+        if near_before[offset]:
+            after = _near_miss_answers(editor, request, options.near_miss_tokens)
+            record["near"] = float(np.mean([a == b for a, b in zip(after, near_before[offset])]))
+            record["near_changed"] = [prompt for prompt, a, b in zip(request["near_miss"], after, near_before[offset])
+                                      if a != b]
         if per_request[offset] is not None:
             record["edit_seconds"] = per_request[offset]
         records.append(record)

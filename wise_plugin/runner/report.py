@@ -15,10 +15,11 @@ from typing import Any, Optional
 logger = logging.getLogger("wise_plugin")
 
 LABELS = {"rel": "Rel", "gen": "Gen", "ood": "OOD", "loc": "Loc", "avg": "Avg", "ppl": "PPL",
-          "gen_rel": "greedy contains target", "wild_rel": "WILD-EM Rel", "wild_gen": "WILD-EM Gen"}
+          "gen_rel": "greedy contains target", "wild_rel": "WILD-EM Rel", "wild_gen": "WILD-EM Gen",
+          "near": "near-miss Loc"}
 RECORD_FIELDS = ("editor", "T", "chunk", "index", "prompt", "target_new", "rel", "gen", "ood", "loc", "ppl",
                  "pre_rel", "pre_gen", "pre_ood", "pre_ppl", "gen_rel", "greedy", "wild_rel", "wild_rel_answer",
-                 "wild_gen", "wild_gen_answer", "edit_seconds")
+                 "wild_gen", "wild_gen_answer", "near", "edit_seconds")
 
 
 def _fmt(value: Optional[float], metric: str) -> str:
@@ -48,14 +49,15 @@ def paper_table(result: dict[str, Any]) -> str:
 
 def detail_table(result: dict[str, Any]) -> str:
     """Generation-based scores (greedy contains target; WILD exact match on the edit and rephrase
-    prompts) and cost per editor and T."""
-    lines = ["| method | T | chunks | edits | greedy contains target | WILD-EM Rel | WILD-EM Gen | edit s/edit "
-             "| eval s/edit |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    prompts; near-miss prompts whose greedy continuation is unchanged) and cost per editor and T."""
+    lines = ["| method | T | chunks | edits | greedy contains target | WILD-EM Rel | WILD-EM Gen | near-miss Loc "
+             "| edit s/edit | eval s/edit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["summary"]:
         lines.append(f"| {row['editor']} | {row['T']} | {row['chunks']} | {row['edits']} | "
                      f"{_fmt(row['gen_rel'], 'gen_rel')} | {_fmt(row.get('wild_rel'), 'wild_rel')} | "
-                     f"{_fmt(row.get('wild_gen'), 'wild_gen')} | {row['edit_s_per_edit']:.2f} | "
+                     f"{_fmt(row.get('wild_gen'), 'wild_gen')} | {_fmt(row.get('near'), 'near')} | "
+                     f"{row['edit_s_per_edit']:.2f} | "
                      f"{row['eval_s_per_edit']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -86,7 +88,7 @@ def plot(result: dict[str, Any], path: str) -> Optional[str]:
     except ImportError:
         logger.warning("matplotlib is not installed; no plot written (pip install matplotlib)")
         return None
-    metrics = [m for m in list(result["metrics"]) + ["gen_rel", "wild_rel"]
+    metrics = [m for m in list(result["metrics"]) + ["gen_rel", "wild_rel", "near"]
                if any(row.get(m) is not None for row in result["summary"])]
     figure = Figure(figsize=(3.2 * len(metrics), 3.0), layout="constrained")
     FigureCanvasAgg(figure)  # the Agg canvas, without pyplot's global state

@@ -1,0 +1,72 @@
+"""Near-miss locality: prompts that share an edit's relation but ask about another subject.
+
+EasyEdit's Loc reads one unrelated prompt per edit (for ZsRE an NQ question), which a router that
+separates "edit-like" from "everything else" passes easily. A near miss is harder: "What is the
+product made by Toyota?" next to the edit "What is the product made by UniFirst? -> unmanned
+aircraft". Per request the runner holds
+- the edit prompt with its subject replaced by ``swaps`` other subjects of the same file (when the
+  file names the subject and the prompt contains it: ZsRE, CounterFact), taken first from records
+  asked with the same question template (same relation, a subject of the right kind), and
+- the request's own locality prompt when the dataset writes it as a near miss (CounterFact and the
+  built-in sets: "Shaquille O'Neal plays" beside "David Robinson professionally plays the sport").
+
+They are scored against the unedited model's own answers: the share of near-miss prompts whose
+greedy continuation (``tokens`` tokens) is the same after all edits as before. Nothing here is
+shown to an editor: the prompts travel beside the requests, never inside them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Optional, Sequence
+
+# datasets whose locality prompt is a near miss of the edit (same relation, other subject)
+LOCALITY_IS_NEAR_MISS = ("counterfact", "builtin")
+PROMPT_KEY = {"zsre": "src", "counterfact": "prompt", "builtin": "prompt"}
+
+
+def subjects_by_prompt(path: str, dataset: str) -> dict[str, str]:
+    """Edit prompt -> subject, from the raw records of ``path`` (empty when the file names none)."""
+    key = PROMPT_KEY.get(dataset)
+    if key is None:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        records = json.load(handle)
+    return {r[key]: r["subject"] for r in records
+            if isinstance(r.get("subject"), str) and r["subject"].strip() and isinstance(r.get(key), str)}
+
+
+def template(prompt: str, subject: str) -> str:
+    """The question with its subject taken out: records sharing it ask the same relation."""
+    return prompt.replace(subject, "{}", 1)
+
+
+def near_miss_prompts(request: dict[str, Any], dataset: str, subjects: dict[str, str],
+                      by_template: dict[str, list[str]], swaps: int = 2, seed: int = 0) -> list[str]:
+    """The near-miss prompts of one request (see the module docstring), in a fixed order."""
+    prompts: list[str] = []
+    subject = subjects.get(request["prompt"])
+    if subject and subject in request["prompt"] and swaps > 0:
+        usable = lambda s: s != subject and subject not in s and s not in subject  # noqa: E731
+        same = [s for s in by_template.get(template(request["prompt"], subject), []) if usable(s)]
+        rest = [s for s in sorted(set(subjects.values())) if usable(s) and s not in same]
+        rng = random.Random(f"{seed}:{request['prompt']}")  # a string seed: the same draw in every process
+        chosen = rng.sample(same, k=min(swaps, len(same)))
+        chosen += rng.sample(rest, k=min(swaps - len(chosen), len(rest)))
+        prompts += [request["prompt"].replace(subject, other, 1) for other in chosen]
+    if dataset in LOCALITY_IS_NEAR_MISS:
+        prompts += [value["prompt"] for value in request.get("locality", {}).values() if value.get("prompt")]
+    return prompts
+
+
+def attach_near_miss(requests: Sequence[dict[str, Any]], dataset: str, path: Optional[str],
+                     swaps: int = 2, seed: int = 0) -> list[list[str]]:
+    """Near-miss prompts of every request (an empty list where there are none)."""
+    subjects = subjects_by_prompt(path, dataset) if path else {}
+    by_template: dict[str, list[str]] = {}
+    for prompt, subject in subjects.items():
+        if subject in prompt:
+            by_template.setdefault(template(prompt, subject), []).append(subject)
+    by_template = {key: sorted(set(values)) for key, values in by_template.items()}
+    return [near_miss_prompts(r, dataset, subjects, by_template, swaps, seed) for r in requests]
