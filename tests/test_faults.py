@@ -128,7 +128,7 @@ def test_a_crash_between_the_two_writes_keeps_the_previous_checkpoint(tok, hpara
     folder, model = saved
     before = files(folder)
     apply_wise_to_model(model, tok, [request(3)], hparams)  # a newer state to save
-    real, calls = checkpoint_files._write_atomic, []
+    real, calls = checkpoint_files.write_atomic, []
 
     def failing(path, data):
         calls.append(path)
@@ -136,10 +136,10 @@ def test_a_crash_between_the_two_writes_keeps_the_previous_checkpoint(tok, hpara
             raise OSError(28, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(checkpoint_files, "_write_atomic", failing)
+    monkeypatch.setattr(checkpoint_files, "write_atomic", failing)
     with pytest.raises(CheckpointError, match="No space left on device.*is unchanged"):
         save_checkpoint(model, folder, hparams.inner_params[0])
-    monkeypatch.setattr(checkpoint_files, "_write_atomic", real)
+    monkeypatch.setattr(checkpoint_files, "write_atomic", real)
     after = files(folder)
     assert {k: v for k, v in after.items() if k in before} == before  # the old files are untouched
     fresh = tiny_model()
@@ -157,7 +157,7 @@ def test_an_exception_inside_the_save_of_an_edit_call_undoes_the_call(tok, hpara
     def full_disk(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_files, "_write_atomic", full_disk)
+    monkeypatch.setattr(checkpoint_files, "write_atomic", full_disk)
     with pytest.raises(CheckpointError):
         apply_wise_to_model(model, tok, [request(3)], hparams)
     assert find_layer(model).book.edits == 3

@@ -160,6 +160,8 @@ def test_bad_input_stops_the_cli_before_any_edit(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert "T=50 is larger than the data" in capsys.readouterr().err
     assert not (out / RESULTS_FILE).exists()
+    assert cli.main(["compare", "--checkpoint-every", "0", "--out", str(out)]) == 2
+    assert "--checkpoint-every 0: give a number of edits >= 1" in capsys.readouterr().err
 
 
 def test_options_alone_run_compare_even_when_a_value_names_a_subcommand(tmp_path, capsys, monkeypatch):
@@ -355,3 +357,37 @@ def test_near_miss_locality_is_one_when_nothing_changes_and_drops_when_the_model
     records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scramble, generation=False)
     assert sum(r["near"] for r in records) < 3.0
     assert any(r["near_changed"] == [requests[i]["near_miss"][0]] for i, r in enumerate(records))
+
+
+# Resuming inside a chunk ------------------------------------------------------------------------
+
+def test_a_chunk_interrupted_after_a_checkpoint_resumes_with_the_uninterrupted_result(tiny_yamls, smollm2_path,
+                                                                                       tmp_path, monkeypatch):
+    from wise_plugin.runner import protocol
+
+    options = RunOptions(t_values=(3,), n=3, progress=False, checkpoint_every=1)
+    args = (load_specs(tiny_yamls[:1]), load_requests("builtin"), dataset_format("builtin"), options)
+    straight = run_comparison(*args, str(tmp_path / "straight"), model_factory=TinyModels(smollm2_path))
+
+    real, calls = protocol._edit, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # the third edit: two are saved in the chunk's checkpoint
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*a, **k)
+
+    out = str(tmp_path / "resumed")
+    monkeypatch.setattr(protocol, "_edit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(*args, out, model_factory=TinyModels(smollm2_path))
+    assert os.listdir(os.path.join(out, "partial"))
+    calls.clear()
+    monkeypatch.setattr(protocol, "_edit", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = run_comparison(*args, out, model_factory=TinyModels(smollm2_path))
+    assert len(calls) == 1  # edit 3 only
+    assert not os.listdir(os.path.join(out, "partial"))  # the finished chunk's progress is gone
+    keys = ("index", "rel", "gen", "loc", "pre_rel", "pre_gen", "near", "greedy", "gen_rel", "wild_rel")
+    pick = lambda result: [{k: r.get(k) for k in keys} for r in result["chunks"][0]["records"]]  # noqa: E731
+    assert pick(resumed) == pick(straight)
+    assert paper_table(resumed) == paper_table(straight)

@@ -32,7 +32,7 @@ class CheckpointError(HParamsError):
     """A checkpoint folder cannot be written or read; the message says why, and what is unchanged."""
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
     """``data`` into ``path`` via a temporary file beside it, flushed to disk before the rename."""
     temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
@@ -74,9 +74,9 @@ def write_checkpoint(path: str, stem: str, tensors: dict[str, torch.Tensor], met
     meta = {**meta, "tensor_file": tensor_file, "sha256": digest}
     try:
         os.makedirs(path, exist_ok=True)
-        _write_atomic(os.path.join(path, tensor_file), data)
+        write_atomic(os.path.join(path, tensor_file), data)
         _sync_folder(path)
-        _write_atomic(os.path.join(path, f"{stem}.json"), json.dumps(meta, indent=1).encode("utf-8"))
+        write_atomic(os.path.join(path, f"{stem}.json"), json.dumps(meta, indent=1).encode("utf-8"))
         _sync_folder(path)
     except OSError as error:
         raise CheckpointError(f"could not write the checkpoint to {path!r} ({error}); the checkpoint that was there "

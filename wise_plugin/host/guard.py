@@ -31,7 +31,7 @@ logger = logging.getLogger("wise_plugin")
 MARK = "__wise_plugin_guard__"
 
 
-def _kind(editor: Any) -> Optional[str]:
+def plugin_kind(editor: Any) -> Optional[str]:
     """``"WISE"`` or ``"LEMoE"`` when ``editor`` runs one of the plugin's editors, else None."""
     from wise_plugin.lemoe.main import apply_lemoe_to_model
     from wise_plugin.wise.main import apply_wise_to_model
@@ -40,21 +40,23 @@ def _kind(editor: Any) -> Optional[str]:
     return {apply_wise_to_model: "WISE", apply_lemoe_to_model: "LEMoE"}.get(apply_fn)
 
 
-def _parts(kind: str) -> tuple[Callable, Callable, Callable]:
-    """(find_layer, detach, save(model, hparams, path)) of one plugin editor."""
+def editor_parts(kind: str) -> tuple[Callable, Callable, Callable, Callable]:
+    """(find_layer, detach, save(model, hparams, path), load(model, hparams, path)) of one plugin editor."""
     if kind == "WISE":
         from wise_plugin.wise import checkpoint, model
 
-        return model.find_layer, model.detach, lambda m, h, p: checkpoint.save_checkpoint(m, p, h.inner_params[0])
+        return (model.find_layer, model.detach, lambda m, h, p: checkpoint.save_checkpoint(m, p, h.inner_params[0]),
+                lambda m, h, p: checkpoint.load_checkpoint(m, p, h.inner_params[0]))
     from wise_plugin.lemoe import checkpoint, model
 
-    return model.find_layer, model.detach, lambda m, h, p: checkpoint.save_checkpoint(m, p, h)
+    return (model.find_layer, model.detach, lambda m, h, p: checkpoint.save_checkpoint(m, p, h),
+            lambda m, h, p: checkpoint.load_checkpoint(m, p, h))
 
 
 @contextlib.contextmanager
 def transaction(editor: Any, kind: str) -> Iterator[None]:
     """Undo everything the enclosed host call did to the plugin layer if it raises; save once at the end."""
-    find_layer, detach, save = _parts(kind)
+    find_layer, detach, save, _ = editor_parts(kind)
     model, hparams = editor.model, editor.hparams
     layer = find_layer(model)
     state = layer.snapshot() if layer is not None else None
@@ -85,7 +87,7 @@ def _guarded(method: Callable, check: Callable[..., None]) -> Callable:
     the plugin's editors; an inner guarded method called by an outer one runs unguarded."""
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        kind = _kind(self)
+        kind = plugin_kind(self)
         if kind is None or getattr(self, MARK, False):
             return method(self, *args, **kwargs)
         check(self, *args, **kwargs)
@@ -157,4 +159,4 @@ def install_guard(base_editor: type) -> None:
             setattr(base_editor, name, _guarded(method, check))
 
 
-__all__ = ["EditRequestError", "install_guard", "transaction"]
+__all__ = ["EditRequestError", "editor_parts", "install_guard", "plugin_kind", "transaction"]

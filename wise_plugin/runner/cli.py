@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 from typing import Any, Sequence
 
 DEFAULT_HPARAMS = ("WISE/smollm2-135m", "LEMoE/smollm2-135m", "FT/smollm2-135m")  # shipped recipes, by name
@@ -53,6 +54,9 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
                          help="irrelevant texts, one drawn into each request as its loc_prompt (the source host's "
                               "WISE needs one): 'builtin' (default) or a JSON list of strings / ZsRE / CounterFact "
                               "records, e.g. the ZsRE train file")
+    compare.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
+                         help="save WISE/LEMoE progress inside a chunk every K edits, so that rerunning the command "
+                              "after an interruption continues the chunk (default: chunks start over)")
     compare.add_argument("--fresh", action="store_true", help="discard stored chunks in --out instead of resuming")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -68,6 +72,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Check every input, run or resume the comparison, write the reports, print the table."""
     from wise_plugin.runner.datasets import BUILTIN, dataset_format, load_requests
     from wise_plugin.runner.editors import load_specs
+    from wise_plugin.runner.errors import RunnerInputError
+    from wise_plugin.runner.partial import PARTIAL_DIR
     from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, run_comparison, select_sample
     from wise_plugin.runner.report import detail_table, paper_table, write_reports
 
@@ -78,11 +84,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     n = BUILTIN_N if args.n is None and args.data is None else args.n
     options = RunOptions(t_values=tuple(args.t_values), n=n, start=args.start, seed=args.seed,
                          eval_target_tokens=args.eval_target_tokens, progress=not args.no_progress,
-                         loc_prompts=args.loc_prompts)
+                         loc_prompts=args.loc_prompts, checkpoint_every=args.checkpoint_every)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise RunnerInputError(f"--checkpoint-every {args.checkpoint_every}: give a number of edits >= 1.")
     select_sample(requests, options)  # bad T or --n stop here, before --fresh discards anything
     stored = os.path.join(args.out, RESULTS_FILE)
     if args.fresh and os.path.exists(stored):
         os.remove(stored)
+    if args.fresh:
+        shutil.rmtree(os.path.join(args.out, PARTIAL_DIR), ignore_errors=True)
     result = run_comparison(specs, requests, fmt, options, args.out)
     meta = {"command": "wise-plugin " + shlex.join(argv), "data": args.data or "built-in compare_edits.json",
             "model": specs[0].model_name, "machine": _machine()}

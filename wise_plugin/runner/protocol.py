@@ -11,6 +11,7 @@ table from the stored lines.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import gc
@@ -34,7 +35,9 @@ from wise_plugin.evaluation import contains_target, greedy_answer, greedy_ids, w
 from wise_plugin.host import compute_edit_quality
 from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
+from wise_plugin.host.guard import editor_parts, plugin_kind
 from wise_plugin.runner.errors import RunnerInputError
+from wise_plugin.runner.partial import PartialChunk
 from wise_plugin.wise.caches import SetupCache
 
 logger = logging.getLogger("wise_plugin")
@@ -48,7 +51,8 @@ GREEDY_FORMATS = ("zsre", "counterfact", "builtin")
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Settings of one comparison; all but ``progress`` enter the fingerprint of each stored chunk."""
+    """Settings of one comparison; all but ``progress`` and ``checkpoint_every`` enter the fingerprint
+    of each stored chunk."""
 
     t_values: tuple[int, ...]
     n: Optional[int] = None  # sample size; None takes every request from ``start``
@@ -62,6 +66,7 @@ class RunOptions:
     # plugin's built-in pool, or a JSON file of strings / ZsRE / CounterFact records
     loc_prompts: str = "builtin"
     progress: bool = True
+    checkpoint_every: Optional[int] = None  # save a plugin editor's progress inside a chunk every k edits
 
 
 @dataclass(frozen=True)
@@ -269,7 +274,8 @@ def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFormat, options: RunOptions,
                  apply: Callable[[Sequence[dict[str, Any]]], Sequence[float]], first_index: int = 0,
-                 progress: bool = False, generation: bool = True) -> tuple[list[dict[str, Any]], float, float]:
+                 progress: bool = False, generation: bool = True,
+                 partial: Optional[PartialChunk] = None) -> tuple[list[dict[str, Any]], float, float]:
     """The lifelong protocol on one stream: score every request on the unedited model, ``apply``
     them all (it returns edit seconds, one per request or one in all), then score every request
     again; locality is agreement with the unedited model's tokens, near-miss locality the share of a
@@ -277,9 +283,14 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     targets each record also gets the greedy and WILD-style answers. Returns the per-request records
     (index ``first_index`` on), the edit seconds and the scoring seconds."""
     eval_start = time.perf_counter()
-    before = [_score(editor, r, fmt.eval_metric, options.eval_target_tokens)
-              for r in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress)]
-    near_before = [_near_miss_answers(editor, r, options.near_miss_tokens) for r in requests]
+    if partial is not None and partial.before is not None:  # a resumed chunk: scored before its first edit
+        before, near_before = partial.before, partial.near_before
+    else:
+        before = [_score(editor, r, fmt.eval_metric, options.eval_target_tokens)
+                  for r in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress)]
+        near_before = [_near_miss_answers(editor, r, options.near_miss_tokens) for r in requests]
+        if partial is not None:
+            partial.save_before(before, near_before)
     eval_seconds = time.perf_counter() - eval_start
     edit_seconds = list(apply(requests))
     per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
@@ -315,25 +326,53 @@ def _check_lengths(editor: Any, requests: Sequence[dict[str, Any]], first_index:
             raise RunnerInputError(f"record {first_index + offset} of the data: {error}") from error
 
 
+def _quick_rel(editor: Any, request: dict[str, Any]) -> float:
+    """Share of target tokens that are the model's top choice after the prompt (one forward pass):
+    the progress bar's running Rel, read right after each edit."""
+    prompt = editor.tok(request["prompt"])["input_ids"]
+    full = editor.tok(f"{request['prompt']} {request['target_new']}", return_tensors="pt")["input_ids"]
+    full = full.to(next(editor.model.parameters()).device)
+    with torch.no_grad():
+        predicted = editor.model(input_ids=full).logits[0, len(prompt) - 1:-1].argmax(-1)
+    return float((predicted == full[0, len(prompt):]).float().mean()) if full.shape[1] > len(prompt) else 0.0
+
+
 def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
               options: RunOptions, model_factory: Optional[ModelFactory] = None,
-              bar: Optional[tqdm] = None, setup_cache: Optional[SetupCache] = None) -> dict[str, Any]:
-    """Edit the chunk's requests on a fresh editor, then score all of them; returns the chunk's line."""
+              bar: Optional[tqdm] = None, setup_cache: Optional[SetupCache] = None,
+              out_dir: Optional[str] = None, key: Optional[str] = None) -> dict[str, Any]:
+    """Edit the chunk's requests on a fresh editor, then score all of them; returns the chunk's line.
+    With ``options.checkpoint_every`` a plugin editor's progress is kept in ``out_dir`` and a rerun
+    continues it (:mod:`wise_plugin.runner.partial`)."""
     _seed(options.seed)
     editor = build_editor(spec, model_factory)
     _check_lengths(editor, requests, options.start + chunk.start)
+    kind = plugin_kind(editor)
+    partial = PartialChunk(out_dir, key, options.checkpoint_every, editor_parts(kind)) \
+        if options.checkpoint_every and kind and out_dir and key else None
+    done = partial.resume(editor) if partial is not None else 0
+    recent: collections.deque = collections.deque(maxlen=20)
 
     def apply(stream: Sequence[dict[str, Any]]) -> list[float]:
-        seconds = []
-        for request in stream:
+        seconds = list(partial.edit_seconds) if partial is not None else []
+        if bar is not None:
+            bar.update(done)
+        for index, request in enumerate(stream[done:], done):
             seconds.append(_edit(editor, request, setup_cache))
+            if partial is not None:
+                partial.edit_seconds = seconds
+                partial.after_edit(editor, index + 1, len(stream))
+            if bar is not None and not bar.disable:
+                recent.append(_quick_rel(editor, request))
+                bar.set_postfix_str(f"{spec.label} T={chunk.t} chunk {chunk.index + 1}, Rel of the last "
+                                    f"{len(recent)} edits right after each: {np.mean(recent):.2f}")
             if bar is not None:
                 bar.update(1)
         return seconds
 
     try:
         records, edit_seconds, eval_seconds = score_stream(editor, requests, fmt, options, apply,
-                                                           options.start + chunk.start)
+                                                           options.start + chunk.start, partial=partial)
     finally:
         editor = None  # the model goes before the next chunk builds its own
         gc.collect()
@@ -379,9 +418,11 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
     try:
         for spec, chunk, key in todo:
             bar.set_postfix_str(f"{spec.label} T={chunk.t} chunk {chunk.index + 1}/{len(sample) // chunk.t}")
-            line = run_chunk(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, model_factory, bar, setup_cache)
+            line = run_chunk(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, model_factory, bar, setup_cache,
+                             out_dir, key)
             line["key"] = key
             store.add(line)
+            PartialChunk.remove(out_dir, key)
     finally:
         bar.close()
     ordered = [store.lines[key] for _, _, key in jobs]

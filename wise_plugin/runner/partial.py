@@ -1,0 +1,118 @@
+"""Resuming inside a chunk: the state of a long stream (1,000 edits and more) every k edits.
+
+A chunk of the lifelong protocol scores every request on the unedited model, edits them all, then
+scores them again; a 1,000-edit chunk runs for hours. With ``--checkpoint-every k`` the runner
+keeps, in ``<out>/partial/<chunk>/``, what the rest of the chunk needs: the scores taken before
+the edits, the editor's state after the last multiple of k (the plugin's own checkpoint), the
+seconds of each edit so far and the random-number states. Rerunning the same command loads it into
+a fresh model and goes on from there, with the result of an uninterrupted run.
+
+``progress.json`` is the commit point: it names the editor folder it belongs to, is written
+(atomically) only after that folder is complete, and older folders are removed only after it.
+Only the plugin's editors (WISE, LEMoE) have a checkpoint; a host editor's chunk starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from wise_plugin.core.checkpoint_files import write_atomic
+
+logger = logging.getLogger("wise_plugin")
+
+PARTIAL_DIR = "partial"
+PROGRESS = "progress.json"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copies of the host's score dicts (numpy scalars and arrays become numbers and lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class PartialChunk:
+    """The saved progress of one chunk (see the module docstring)."""
+
+    def __init__(self, out_dir: str, key: str, every: int, parts: tuple[Any, Any, Any, Any]) -> None:
+        self.folder = os.path.join(out_dir, PARTIAL_DIR, hashlib.sha256(key.encode()).hexdigest()[:16])
+        self.every = every
+        self.find_layer, self.detach, self.save_editor, self.load_editor = parts
+        self.before: Optional[list[Any]] = None
+        self.near_before: Optional[list[Any]] = None
+        self.edit_seconds: list[float] = []
+
+    @staticmethod
+    def remove(out_dir: str, key: str) -> None:
+        """Drop the saved progress of a chunk that is finished (or never had any)."""
+        folder = os.path.join(out_dir, PARTIAL_DIR, hashlib.sha256(key.encode()).hexdigest()[:16])
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _progress(self) -> Optional[dict[str, Any]]:
+        path = os.path.join(self.folder, PROGRESS)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except (ValueError, OSError) as error:
+            logger.warning("%s cannot be read (%s); the chunk starts over", path, error)
+            return None
+
+    def resume(self, editor: Any) -> int:
+        """Load the saved progress into ``editor`` (a fresh one); returns the edits already done."""
+        progress = self._progress()
+        if progress is None:
+            return 0
+        self.before, self.near_before = progress["before"], progress["near_before"]
+        done = int(progress["edits_done"])
+        if done:
+            self.load_editor(editor.model, editor.hparams, os.path.join(self.folder, progress["editor"]))
+            self.edit_seconds = [float(s) for s in progress["edit_seconds"]][:done]
+            random.setstate((progress["random"][0], tuple(progress["random"][1]), progress["random"][2]))
+            state = progress["numpy"]
+            np.random.set_state((state[0], np.array(state[1], dtype=np.uint32), *state[2:]))
+            torch.set_rng_state(torch.tensor(progress["torch"], dtype=torch.uint8))
+        logger.info("resuming a chunk from %s: %d edits done", self.folder, done)
+        return done
+
+    def _commit(self, done: int, editor_folder: Optional[str]) -> None:
+        numpy_state = np.random.get_state()
+        progress = {"edits_done": done, "editor": editor_folder, "edit_seconds": self.edit_seconds[:done],
+                    "before": self.before, "near_before": self.near_before,
+                    "random": list(random.getstate()), "torch": torch.get_rng_state().tolist(),
+                    "numpy": [numpy_state[0], numpy_state[1].tolist(), *[_plain(v) for v in numpy_state[2:]]]}
+        write_atomic(os.path.join(self.folder, PROGRESS), json.dumps(progress).encode("utf-8"))
+        for name in os.listdir(self.folder):  # editor folders of earlier saves
+            if name.startswith("editor-") and name != editor_folder:
+                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+
+    def save_before(self, before: list[Any], near_before: list[Any]) -> None:
+        """Keep the scores taken on the unedited model (a resumed chunk cannot take them again)."""
+        os.makedirs(self.folder, exist_ok=True)
+        self.before, self.near_before = _plain(before), _plain(near_before)
+        self._commit(0, None)
+
+    def after_edit(self, editor: Any, done: int, total: int) -> None:
+        """Save the editor every ``every`` edits (not after the last one: the chunk ends there)."""
+        if done % self.every or done >= total:
+            return
+        name = f"editor-{done}"
+        self.save_editor(editor.model, editor.hparams, os.path.join(self.folder, name))
+        self._commit(done, name)
+        logger.info("chunk progress saved after %d of %d edits (%s)", done, total, self.folder)
