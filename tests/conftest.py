@@ -20,6 +20,27 @@ def smollm2_path() -> str:
     return smollm2_path()
 
 
+@pytest.fixture(scope="session")
+def tok(smollm2_path):
+    """SmolLM2's tokenizer, for the tiny random models many tests edit (pads with end of sequence)."""
+    from transformers import GPT2Tokenizer
+
+    tok = GPT2Tokenizer.from_pretrained(smollm2_path)
+    tok.pad_token_id = tok.eos_token_id
+    return tok
+
+
+def tiny_llama(seed: int = 0, hidden: int = 32):
+    """A seeded 3-layer random LLaMA with SmolLM2's vocabulary: fast enough to edit in every test."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 @pytest.fixture()
 def smollm2(smollm2_path):
     """A fresh SmolLM2 model and tokenizer per test, set up as the hosts' BaseEditor does."""

@@ -14,7 +14,7 @@ import os
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPT2Tokenizer, GPTJConfig, LlamaConfig, MistralConfig,
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTJConfig, LlamaConfig, MistralConfig,
                           Qwen2Config)
 
 from conftest import HPARAMS_DIR
@@ -47,13 +47,6 @@ def tiny_config(name: str, layers: int):
 ARCHITECTURES = ["llama-2-7b", "mistral-7b", "gpt-j-6b", "llama3-8b", "qwen2.5-7b", "gpt2-xl"]
 REQUEST = {"prompt": "The capital of Australia is", "target_new": "Melbourne", "ground_truth": "Canberra",
            "locality": {}, "portability": {}}
-
-
-@pytest.fixture(scope="module")
-def tok(smollm2_path):
-    tok = GPT2Tokenizer.from_pretrained(smollm2_path)
-    tok.pad_token_id = tok.eos_token_id
-    return tok
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

@@ -9,9 +9,8 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, GPT2Tokenizer, LlamaConfig
 
-from conftest import HPARAMS_DIR
+from conftest import HPARAMS_DIR, tiny_llama
 from wise_plugin import WISEHyperParams, apply_wise_to_model
 from wise_plugin.hparams import HParamsError
 from wise_plugin.wise import detach, find_layer, load_checkpoint, save_checkpoint
@@ -26,19 +25,9 @@ def request(i: int) -> dict:
     return {"prompt": prompt, "target_new": target, "ground_truth": "", "locality": {}, "portability": {}}
 
 
-@pytest.fixture(scope="module")
-def tok(smollm2_path):
-    tok = GPT2Tokenizer.from_pretrained(smollm2_path)
-    tok.pad_token_id = tok.eos_token_id
-    return tok
-
-
 @pytest.fixture()
 def tiny():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_llama()
 
 
 @pytest.fixture()

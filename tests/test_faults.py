@@ -13,9 +13,8 @@ import time
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, GPT2Tokenizer, LlamaConfig
 
-from conftest import HPARAMS_DIR
+from conftest import HPARAMS_DIR, tiny_llama as tiny_model
 import wise_plugin
 from wise_plugin import LEMoEHyperParams, WISEHyperParams, apply_lemoe_to_model, apply_wise_to_model
 from wise_plugin.core import checkpoint_files
@@ -38,13 +37,6 @@ def request(i: int) -> dict:
     return {"prompt": prompt, "target_new": target, "ground_truth": "", "locality": {}, "portability": {}}
 
 
-def tiny_model(seed: int = 0, hidden: int = 32) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor of the model's state, cloned: the fault tests compare these bit for bit."""
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
@@ -56,18 +48,24 @@ def assert_same_weights(model: torch.nn.Module, before: dict[str, torch.Tensor])
     assert all(torch.equal(after[name], value) for name, value in before.items())
 
 
+def fail_edit_at(monkeypatch, call: int) -> None:
+    """Make the WISE trainer raise on its ``call``-th use from now on (the earlier ones run for real)."""
+    real, calls = wise_main.train_edit, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise RuntimeError(f"injected failure in edit {call}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wise_main, "train_edit", failing)
+
+
 def files(folder) -> dict[str, bytes]:
     """Name -> bytes of every file in ``folder`` (empty when it does not exist)."""
     if not os.path.isdir(folder):
         return {}
     return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
-
-
-@pytest.fixture(scope="module")
-def tok(smollm2_path):
-    tok = GPT2Tokenizer.from_pretrained(smollm2_path)
-    tok.pad_token_id = tok.eos_token_id
-    return tok
 
 
 @pytest.fixture()
@@ -261,15 +259,7 @@ def test_a_failure_at_request_k_undoes_requests_before_it(tok, hparams, monkeypa
     model = tiny_model()
     apply_wise_to_model(model, tok, [request(0)], hparams)  # an earlier call's edit stays
     before = weights(model)
-    real, calls = wise_main.train_edit, []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("injected failure in the third request")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(wise_main, "train_edit", failing)
+    fail_edit_at(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="injected"):
         apply_wise_to_model(model, tok, [request(1), request(2), request(3)], hparams)
     assert find_layer(model).book.edits == 1
@@ -430,15 +420,7 @@ def test_a_base_editor_call_is_all_or_nothing(host_editor, monkeypatch, tmp_path
         editor.edit(prompts=[FACTS[4][0]], target_new=[FACTS[4][1]], verbose=False)
         assert json.loads(files(folder)["wise_state.json"])["edits"] == 1
         after_first, folder_before = weights(editor.model), files(folder)
-        real, calls = wise_main.train_edit, []
-
-        def failing(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:
-                raise RuntimeError("injected failure in request 2")
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(wise_main, "train_edit", failing)
+        fail_edit_at(monkeypatch, 2)
         with pytest.raises(RuntimeError, match="injected"):
             editor.edit(prompts=[FACTS[0][0], FACTS[1][0]], target_new=[FACTS[0][1], FACTS[1][1]], verbose=False)
         assert find_layer(editor.model).book.edits == 1

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Tokenizer
+from transformers import AutoModelForCausalLM
 
 from conftest import ROOT
 from test_architectures import tiny_config
@@ -34,13 +34,6 @@ FACTS = [
 def requests(count: int, start: int = 0) -> list[dict]:
     return [{"prompt": p, "target_new": t, "ground_truth": "x", "locality": {}, "portability": {}}
             for p, t in FACTS[start:start + count]]
-
-
-@pytest.fixture(scope="module")
-def tok(smollm2_path):
-    tok = GPT2Tokenizer.from_pretrained(smollm2_path)
-    tok.pad_token_id = tok.eos_token_id
-    return tok
 
 
 def tiny_model(name: str = "llama-2-7b", layers: int = 3) -> torch.nn.Module:
