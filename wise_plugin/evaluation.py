@@ -58,8 +58,12 @@ def zsre_requests(path: str, count: Optional[int] = None, start: int = 0) -> lis
 
 def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
     """Send ``requests`` through ``BaseEditor.edit`` in order (one host call per request batch); on the
-    source-repository host with ``sequential_edit=True``, its own switch for keeping edits."""
+    source-repository host with ``sequential_edit=True``, its own switch for keeping edits. Subjects
+    are passed when every request names one that occurs in its prompt."""
     sequential = {"sequential_edit": True} if host_flavour() == "source" else {}
+    subjects = [r.get("subject") for r in requests]
+    if all(isinstance(s, str) and s and s in r["prompt"] for s, r in zip(subjects, requests)):
+        sequential["subject"] = subjects  # the host puts it in each request (near-miss negatives use it)
     editor.edit(
         prompts=[r["prompt"] for r in requests],
         target_new=[r["target_new"] for r in requests],

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from wise_plugin.host import host_attr
 from wise_plugin.runner.errors import RunnerInputError
-from wise_plugin.runner.near_miss import attach_near_miss
+from wise_plugin.runner.near_miss import attach_near_miss, subjects_by_prompt
 
 logger = logging.getLogger("wise_plugin")
 
@@ -169,7 +169,9 @@ def load_requests(name: str, path: Optional[str] = None) -> list[dict[str, Any]]
 
     The file's keys are checked first; ZsreDataset skips records with an empty target, as in EasyEdit.
     Requests of ZsRE, CounterFact and the built-in set carry their ``near_miss`` prompts
-    (:mod:`wise_plugin.runner.near_miss`), which the runner scores and never gives to an editor.
+    (:mod:`wise_plugin.runner.near_miss`), which the runner scores and never gives to an editor,
+    and the record's ``subject`` where the file names one that occurs in the prompt (as
+    ``BaseEditor.edit(..., subject=...)`` puts it in each request).
     """
     fmt = dataset_format(name)
     if path is None:
@@ -178,6 +180,11 @@ def load_requests(name: str, path: Optional[str] = None) -> list[dict[str, Any]]
         path = builtin_path()
     check_keys(_read_records(path), fmt, path)
     requests = _LOADERS[name](path)
+    subjects = subjects_by_prompt(path, name)
+    for request in requests:
+        subject = subjects.get(request["prompt"])
+        if subject and subject in request["prompt"]:
+            request["subject"] = subject
     for request, prompts in zip(requests, attach_near_miss(requests, name, path)):
         if prompts:
             request["near_miss"] = prompts

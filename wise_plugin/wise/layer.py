@@ -29,14 +29,22 @@ def token_scores(delta_out: torch.Tensor) -> torch.Tensor:
     return delta_out.float().norm(dim=-1)
 
 
-def row_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Routing score of each row: the mean token score over its real tokens (``mask``).
+POOLS = ("mean", "max")
 
-    ``scores`` is (rows, length) or (rows, length, memories); ``mask`` is (rows, length).
+
+def row_scores(scores: torch.Tensor, mask: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """Routing score of each row from its token scores over its real tokens (``mask``).
+
+    ``pool`` "mean" (the paper) averages them; "max" takes the highest. With "max" a row is routed by
+    its most memory-like token, usually the subject or what follows it, so a long paraphrase whose
+    other tokens are generic is scored like the edit, and a prompt that shares the relation but not
+    the subject is not. ``scores`` is (rows, length) or (rows, length, memories); ``mask`` is (rows, length).
     """
     mask = mask.to(device=scores.device, dtype=scores.dtype)
     if scores.dim() == 3:
         mask = mask.unsqueeze(-1)
+    if pool == "max":  # token scores are norms (>= 0): masked tokens at 0 never win
+        return (scores * mask).amax(1)
     return (scores * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
@@ -71,11 +79,13 @@ class WISELayer(nn.Module):
         # Top-1 rule among memories above their thresholds: highest score (the paper), highest
         # score / own threshold, which compares memories whose score scales differ, or the newest.
         self.route_by = "score"
+        self.score_pool = "mean"  # how a row's token scores become its routing score (``row_scores``)
         # Routing context, refreshed by the model-level pre-hook before every forward.
         self.editing = False
         self.token_mask: Optional[torch.Tensor] = None
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None  # per-row memory index kept during generation
+        self.anchor_hits: Optional[torch.Tensor] = None  # (rows, memories): row names a subject of the memory
         self.last_scores: Optional[torch.Tensor] = None
         self.last_inputs: Optional[torch.Tensor] = None
         self.step_delta: Optional[torch.Tensor] = None  # W' - W of the current edit iteration
@@ -152,8 +162,9 @@ class WISELayer(nn.Module):
 
         A row goes to the memory with the highest routing score (or, with ``route_by == "ratio"``,
         the highest score over that memory's threshold; with ``"newest"``, the most recent memory)
-        among those above their own threshold (top-1). While a KV cache grows, the prompt's
-        decision is kept.
+        among those above their own threshold (top-1) whose subject anchors the row names (see
+        :mod:`wise_plugin.core.anchors`; memories without anchors are open). While a KV cache grows,
+        the prompt's decision is kept.
         """
         batch, length = x.shape[:2]
         if self.continuing and self.cached_choice is not None and self.cached_choice.shape[0] == batch:
@@ -162,9 +173,12 @@ class WISELayer(nn.Module):
         mask = self.token_mask
         if mask is None or mask.shape[0] != batch:
             mask = torch.ones(batch, length, device=x.device)
-        rows = row_scores(token_scores(deltas), mask[:, -length:])  # (batch, memories)
+        rows = row_scores(token_scores(deltas), mask[:, -length:], self.score_pool)  # (batch, memories)
         thresholds = torch.tensor(self.thresholds(), device=rows.device, dtype=rows.dtype)
         above = rows > thresholds
+        hits = self.anchor_hits
+        if hits is not None and hits.shape == above.shape:  # subject anchors gate their memories
+            above &= hits.to(above.device)
         if self.route_by == "newest":  # later memories were trained to reject earlier edits, not the reverse
             rank = torch.arange(rows.shape[-1], device=rows.device, dtype=rows.dtype).expand_as(rows)
         else:
@@ -180,7 +194,7 @@ class WISELayer(nn.Module):
         for acts, row_mask, prompt_mask in probes:
             scores = self.token_scores(acts.unsqueeze(0))
             for mask in (row_mask, prompt_mask):
-                lowest = min(lowest, float(row_scores(scores, mask.unsqueeze(0))[0]))
+                lowest = min(lowest, float(row_scores(scores, mask.unsqueeze(0), self.score_pool)[0]))
         return lowest
 
     # -- editing, shards, merge -----------------------------------------------------------------
@@ -268,7 +282,7 @@ class WISELayer(nn.Module):
         if self.book.group_thresholds:
             tensors["group_stack"] = self.group_stack.detach()
         meta = {"shape": list(self.side_weight.shape), "dtype": str(self.side_weight.dtype).removeprefix("torch."),
-                "retrieve": self.retrieve, "route_by": self.route_by}
+                "retrieve": self.retrieve, "route_by": self.route_by, "score_pool": self.score_pool}
         return tensors, meta
 
     @torch.no_grad()
@@ -279,4 +293,5 @@ class WISELayer(nn.Module):
         self.group_stack = cast("group_stack") if "group_stack" in tensors else \
             self.group_stack.narrow(1 if self.conv1d_layout else 0, 0, 0)
         self.route_by = meta.get("route_by", "score")  # checkpoints before route_by routed by score
+        self.score_pool = meta.get("score_pool", "mean")  # and before score_pool by the mean
         self.cached_choice = None

@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from wise_plugin.core.anchors import AnchorIndex
+
 Probe = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # projection inputs, whole-row mask, prompt mask
 
 
@@ -33,6 +35,7 @@ class MemoryBook:
         self.group_start = 0  # edits made before the active memory began
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal and replay
         self.probes: list[Probe] = []  # bare rows of the active memory's edits
+        self.anchors = AnchorIndex()  # subject anchors of each memory's edits (subject_anchor)
 
     def thresholds(self) -> list[float]:
         """Thresholds of the memories inference can route to: retired ones, then the active one."""
@@ -87,7 +90,7 @@ class MemoryBook:
                 "mask": clone(self.mask), "edits": self.edits, "shard_index": self.shard_index,
                 "min_edit_score": self.min_edit_score, "threshold": self.threshold, "memory": list(self.memory),
                 "group_thresholds": list(self.group_thresholds), "group_start": self.group_start,
-                "probes": list(self.probes)}
+                "probes": list(self.probes), "anchors": self.anchors.state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.shard_start = None if state["shard_start"] is None else state["shard_start"].clone()
@@ -99,6 +102,7 @@ class MemoryBook:
         self.group_thresholds = list(state["group_thresholds"])
         self.group_start = state["group_start"]
         self.probes = list(state.get("probes", []))
+        self.anchors = AnchorIndex.from_state(state.get("anchors"))
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON fields of the book for a checkpoint."""
@@ -114,7 +118,7 @@ class MemoryBook:
                 "shard_index": self.shard_index, "n_shard_deltas": len(self.shard_deltas),
                 "n_probes": len(self.probes), "min_edit_score": self.min_edit_score, "threshold": self.threshold,
                 "group_thresholds": list(self.group_thresholds), "group_start": self.group_start,
-                "memory": [list(item) for item in self.memory]}
+                "memory": [list(item) for item in self.memory], "anchors": self.anchors.state()}
         return tensors, meta
 
     def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -132,4 +136,5 @@ class MemoryBook:
             "group_thresholds": meta["group_thresholds"], "group_start": meta["group_start"],
             "probes": [(cast(f"probe.{i}.acts"), tensors[f"probe.{i}.row_mask"].to(self.device),
                         tensors[f"probe.{i}.prompt_mask"].to(self.device)) for i in range(meta["n_probes"])],
+            "anchors": meta.get("anchors"),  # checkpoints before subject anchors: every memory open
         })

@@ -79,6 +79,9 @@ def _routing_pre_hook(layer: WISELayer):
         layer.continuing = bool(cached_length(kwargs))
         if not layer.continuing:
             layer.cached_choice = None
+            anchors = layer.book.anchors
+            layer.anchor_hits = None if ids is None or not any(g is not None for g in anchors.groups) else \
+                anchors.hits(ids, kwargs.get("attention_mask"), len(layer.thresholds()))
 
     return hook
 
