@@ -1,10 +1,10 @@
-"""Subject anchors and near-miss negatives: what they find in real prompts with the real tokenizer."""
+"""Subjects and subject anchors on real prompts with the real tokenizer."""
 
 import pytest
 import torch
 
 from wise_plugin.core.anchors import AnchorIndex, subject_anchors
-from wise_plugin.core.negatives import guess_subject, near_miss_texts, request_subject
+from wise_plugin.core.subjects import guess_subject, request_subject
 
 
 @pytest.mark.parametrize("prompt, subject", [
@@ -22,15 +22,6 @@ def test_request_subject_prefers_the_given_subject_when_it_is_in_the_prompt():
     assert request_subject({"prompt": "The capital of New South Wales is", "subject": "New South Wales"}) == "New South Wales"
     # a subject the prompt does not contain is ignored (EasyEdit's source host only prints a warning)
     assert request_subject({"prompt": "The capital of Kenya is", "subject": "Ghana"}) == "Kenya"
-
-
-def test_near_miss_texts_swap_the_subject_deterministically():
-    request = {"prompt": "The capital of Australia is", "target_new": "Melbourne", "subject": "Australia"}
-    texts = near_miss_texts(request, 4, seed=3)
-    assert texts == near_miss_texts(request, 4, seed=3) and len(texts) == 4
-    assert all(t.startswith("The capital of ") and t.endswith(" is") and "Australia" not in t for t in texts)
-    assert near_miss_texts(request, 0, seed=3) == []
-    assert near_miss_texts({"prompt": "is it?", "target_new": "x"}, 4, seed=3) == []  # no content word
 
 
 def test_anchor_index_gates_rows_by_subject_tokens(tok):

@@ -63,7 +63,7 @@ def edit_via_editor(editor: Any, requests: Sequence[dict[str, Any]]) -> None:
     sequential = {"sequential_edit": True} if host_flavour() == "source" else {}
     subjects = [r.get("subject") for r in requests]
     if all(isinstance(s, str) and s and s in r["prompt"] for s, r in zip(subjects, requests)):
-        sequential["subject"] = subjects  # the host puts it in each request (near-miss negatives use it)
+        sequential["subject"] = subjects  # the host puts it in each request (subject anchors use it)
     editor.edit(
         prompts=[r["prompt"] for r in requests],
         target_new=[r["target_new"] for r in requests],

@@ -6,7 +6,7 @@ An anchor is the token sequence of an edit's subject (with and without a leading
 tokenizer writes it mid-sentence and at the start); a row passes a memory's gate when it contains
 one of the anchors of that memory's edits. Paraphrases name the subject, so they pass; near
 misses and unrelated inputs do not. The subject is the request's ``subject`` when it occurs in the
-prompt, else a guess (:func:`wise_plugin.core.negatives.request_subject`).
+prompt, else a guess (:func:`wise_plugin.core.subjects.request_subject`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from wise_plugin.core.negatives import request_subject
+from wise_plugin.core.subjects import request_subject
 
 Anchor = tuple[int, ...]
 

@@ -46,6 +46,8 @@ class LEMoEHyperParams(HyperParams):
     gate_low: float = 0.2
     gate_high: float = 0.8
     loc_pool: Optional[str] = "builtin"
+    # An expert answers only rows naming the subject of one of its edits (core/anchors.py; not in the paper).
+    subject_anchor: bool = False
     # Order planning for whole-batch calls (k-means over edit embeddings).
     plan: bool = True
     # Host keys.

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wise_plugin.core.anchors import AnchorIndex
+
 
 class Expert(nn.Module):
     """A small FFN ``W_out SiLU(W_in x)``; ``W_out`` starts at zero so a new expert adds nothing."""
@@ -77,6 +79,8 @@ class LEMoELayer(nn.Module):
         self.planner_state: dict[str, Any] = {}
         self.planner_centroids: Optional[torch.Tensor] = None
         self.pooled: Optional[torch.Tensor] = None
+        self.anchors = AnchorIndex()  # subject anchors of each expert's edits (subject_anchor)
+        self.anchor_hits: Optional[torch.Tensor] = None  # (rows, experts) of the current forward, set by the hook
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None
         self.last_choice: Optional[torch.Tensor] = None
@@ -118,14 +122,24 @@ class LEMoELayer(nn.Module):
         return torch.stack(list(self.keys)) if len(self.keys) else torch.zeros(0, self.router.up.out_features,
                                                                                  device=self.device)
 
-    def route(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen expert, or -1 for the original FFN only; cosine to its key) of each row."""
+    def route(self, pooled: torch.Tensor, hits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen expert, or -1 for the original FFN only; cosine to its key) of each row.
+
+        ``hits`` (rows, experts), from subject anchors: a row may only go to an expert one of whose
+        edits' subjects it names (see :mod:`wise_plugin.core.anchors`); no such expert, no expert.
+        """
         keys = self.key_matrix()
         if keys.shape[0] == 0:
             return torch.full((pooled.shape[0],), -1, dtype=torch.long, device=pooled.device), pooled.new_zeros(pooled.shape[0])
         query = self.router(pooled.to(keys.dtype))
-        choice = torch.softmax(query @ keys.T, dim=-1).argmax(dim=-1)
+        logits = query @ keys.T
+        allowed = None if hits is None or hits.shape != logits.shape else hits.to(logits.device)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        choice = torch.softmax(logits, dim=-1).argmax(dim=-1)
         cosine = F.cosine_similarity(query, keys[choice], dim=-1)
+        if allowed is not None:
+            choice = torch.where(allowed.any(dim=-1), choice, torch.full_like(choice, -1))
         if self.gate:
             limits = torch.tensor([float("-inf") if t is None else t for t in self.thresholds],
                                   device=cosine.device, dtype=cosine.dtype)
@@ -155,7 +169,7 @@ class LEMoELayer(nn.Module):
             if pooled is None or pooled.shape[0] != x.shape[0]:
                 pooled = x.mean(dim=1)  # called outside the model (no hook): fall back to the layer input
             with torch.no_grad():
-                choice, _ = self.route(pooled.to(self.device))
+                choice, _ = self.route(pooled.to(self.device), self.anchor_hits)
             self.cached_choice = choice
         self.last_choice = choice
         if bool((choice < 0).all()):
@@ -176,7 +190,7 @@ class LEMoELayer(nn.Module):
             "router": {k: v.detach().clone() for k, v in self.router.state_dict().items()},
             "edits": [list(e) for e in self.edits], "thresholds": list(self.thresholds),
             "anchor_embeds": self.anchor_embeds.clone(), "anchor_expert": self.anchor_expert.clone(),
-            "planner_state": dict(self.planner_state),
+            "planner_state": dict(self.planner_state), "anchors": self.anchors.state(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -199,3 +213,4 @@ class LEMoELayer(nn.Module):
         self.thresholds = list(state["thresholds"])
         self.anchor_embeds, self.anchor_expert = state["anchor_embeds"], state["anchor_expert"]
         self.planner_state = dict(state["planner_state"])
+        self.anchors = AnchorIndex.from_state(state["anchors"])

@@ -17,6 +17,7 @@ from wise_plugin.lemoe.config import LEMoEHyperParams
 from wise_plugin.lemoe.model import attach, detach, find_layer, input_device, pooled_embeddings
 from wise_plugin.lemoe.planner import anchor_text, plan_requests
 from wise_plugin.lemoe.trainer import calibrate_gate, train_expert, train_router
+from wise_plugin.core.anchors import subject_anchors
 from wise_plugin.core.rows import load_loc_pool
 
 logger = logging.getLogger("wise_plugin.lemoe")
@@ -79,6 +80,8 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
             chunk = requests[done:done + room]
             done += len(chunk)
             layer.edits[index].extend((r["prompt"], r["target_new"]) for r in chunk)
+            for request in chunk:
+                layer.anchors.add(index, subject_anchors(tok, request) if hparams.subject_anchor else None)
             anchors = pooled_embeddings(model, tok, [anchor_text(r) for r in chunk]).to(layer.device)
             layer.anchor_embeds = torch.cat([layer.anchor_embeds, anchors])
             layer.anchor_expert = torch.cat([layer.anchor_expert, torch.full(

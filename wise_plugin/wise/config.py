@@ -11,7 +11,6 @@ from wise_plugin.wise.merge import MERGE_ALGS
 
 OPTIMIZERS = ("sgd", "adam")
 ROUTE_BY = ("score", "ratio", "newest")
-SCORE_POOLS = ("mean", "max")
 
 
 @dataclass
@@ -20,7 +19,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``,
-    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``score_pool``, ``near_miss_negatives``, ``subject_anchor``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -71,10 +70,6 @@ class WISEHyperParams(HyperParams):
     optimizer: str = "sgd"
     refresh_threshold: bool = False
     route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper), "ratio" (score / own threshold), "newest"
-    # How a row's token scores make its routing score: "mean" (the paper) or "max" (its highest token).
-    score_pool: str = "mean"
-    # Subject-swapped copies of each edit prompt added to the irrelevant rows (core/negatives.py); 0: none.
-    near_miss_negatives: int = 0
     # Route a row to a memory only when it names the subject of one of that memory's edits (core/anchors.py).
     subject_anchor: bool = False
     fast_path: bool = True
@@ -121,10 +116,6 @@ class WISEHyperParams(HyperParams):
             problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
         if self.route_by not in ROUTE_BY:
             problems.append(f"route_by {self.route_by!r} is not supported; use one of {ROUTE_BY}")
-        if self.score_pool not in SCORE_POOLS:
-            problems.append(f"score_pool {self.score_pool!r} is not supported; use one of {SCORE_POOLS} ('mean' is the paper's)")
-        if self.near_miss_negatives < 0:
-            problems.append(f"near_miss_negatives must be >= 0 (0: none), got {self.near_miss_negatives}")
         if self.stop_patience is not None and self.stop_patience < 0:
             problems.append(f"stop_patience must be >= 0 or null, got {self.stop_patience!r}")
         if self.stop_token_prob is not None and not 0.0 < self.stop_token_prob < 1.0:

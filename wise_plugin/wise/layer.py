@@ -29,22 +29,14 @@ def token_scores(delta_out: torch.Tensor) -> torch.Tensor:
     return delta_out.float().norm(dim=-1)
 
 
-POOLS = ("mean", "max")
+def row_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Routing score of each row: the mean token score over its real tokens (``mask``).
 
-
-def row_scores(scores: torch.Tensor, mask: torch.Tensor, pool: str = "mean") -> torch.Tensor:
-    """Routing score of each row from its token scores over its real tokens (``mask``).
-
-    ``pool`` "mean" (the paper) averages them; "max" takes the highest. With "max" a row is routed by
-    its most memory-like token, usually the subject or what follows it, so a long paraphrase whose
-    other tokens are generic is scored like the edit, and a prompt that shares the relation but not
-    the subject is not. ``scores`` is (rows, length) or (rows, length, memories); ``mask`` is (rows, length).
+    ``scores`` is (rows, length) or (rows, length, memories); ``mask`` is (rows, length).
     """
     mask = mask.to(device=scores.device, dtype=scores.dtype)
     if scores.dim() == 3:
         mask = mask.unsqueeze(-1)
-    if pool == "max":  # token scores are norms (>= 0): masked tokens at 0 never win
-        return (scores * mask).amax(1)
     return (scores * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
@@ -79,7 +71,6 @@ class WISELayer(nn.Module):
         # Top-1 rule among memories above their thresholds: highest score (the paper), highest
         # score / own threshold, which compares memories whose score scales differ, or the newest.
         self.route_by = "score"
-        self.score_pool = "mean"  # how a row's token scores become its routing score (``row_scores``)
         # Routing context, refreshed by the model-level pre-hook before every forward.
         self.editing = False
         self.token_mask: Optional[torch.Tensor] = None
@@ -173,7 +164,7 @@ class WISELayer(nn.Module):
         mask = self.token_mask
         if mask is None or mask.shape[0] != batch:
             mask = torch.ones(batch, length, device=x.device)
-        rows = row_scores(token_scores(deltas), mask[:, -length:], self.score_pool)  # (batch, memories)
+        rows = row_scores(token_scores(deltas), mask[:, -length:])  # (batch, memories)
         thresholds = torch.tensor(self.thresholds(), device=rows.device, dtype=rows.dtype)
         above = rows > thresholds
         hits = self.anchor_hits
@@ -194,7 +185,7 @@ class WISELayer(nn.Module):
         for acts, row_mask, prompt_mask in probes:
             scores = self.token_scores(acts.unsqueeze(0))
             for mask in (row_mask, prompt_mask):
-                lowest = min(lowest, float(row_scores(scores, mask.unsqueeze(0), self.score_pool)[0]))
+                lowest = min(lowest, float(row_scores(scores, mask.unsqueeze(0))[0]))
         return lowest
 
     # -- editing, shards, merge -----------------------------------------------------------------
@@ -282,7 +273,7 @@ class WISELayer(nn.Module):
         if self.book.group_thresholds:
             tensors["group_stack"] = self.group_stack.detach()
         meta = {"shape": list(self.side_weight.shape), "dtype": str(self.side_weight.dtype).removeprefix("torch."),
-                "retrieve": self.retrieve, "route_by": self.route_by, "score_pool": self.score_pool}
+                "retrieve": self.retrieve, "route_by": self.route_by}
         return tensors, meta
 
     @torch.no_grad()
@@ -293,5 +284,4 @@ class WISELayer(nn.Module):
         self.group_stack = cast("group_stack") if "group_stack" in tensors else \
             self.group_stack.narrow(1 if self.conv1d_layout else 0, 0, 0)
         self.route_by = meta.get("route_by", "score")  # checkpoints before route_by routed by score
-        self.score_pool = meta.get("score_pool", "mean")  # and before score_pool by the mean
         self.cached_choice = None

@@ -15,7 +15,6 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from wise_plugin.core.anchors import subject_anchors
-from wise_plugin.core.negatives import near_miss_texts
 from wise_plugin.core.requests import check_call
 from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.wise.config import WISEHyperParams
@@ -74,12 +73,11 @@ class LocDraw:
 
 def _draw_loc(layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParams) -> LocDraw:
     """Pool draws, the request's own ``loc_prompt`` when the host passes one (source-repo EasyEdit's
-    ``loc_prompts``), its subject-swapped near misses (``near_miss_negatives``), and with ``retrieve``
-    + ``replay`` stored edits of earlier groups, which the new memory must not claim."""
+    ``loc_prompts``), and with ``retrieve`` + ``replay`` stored edits of earlier groups, which the new
+    memory must not claim."""
     rows = pick_pool_rows(layer.caches.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.book.edits)
     given = request.get("loc_prompt")
     given = ([given] if isinstance(given, str) else list(given)) if given else []
-    given += near_miss_texts(request, hparams.near_miss_negatives, hparams.seed + layer.book.edits)
     earlier = layer.book.memory[:layer.book.group_start]
     replayed = []
     if hparams.retrieve and hparams.replay and earlier:
@@ -182,7 +180,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         if loaded:
             detach(model)
         raise
-    layer.route_by, layer.score_pool = hparams.route_by, hparams.score_pool
+    layer.route_by = hparams.route_by
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong, loaded)
     with editing(model, handle):  # from here on, any failure leaves the model as it was before the call
         layout = upper_stack(model, inner_param)

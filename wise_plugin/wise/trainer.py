@@ -91,24 +91,20 @@ class _HeadCrossEntropy(torch.autograd.Function):
 class _LocRows:
     """The irrelevant rows' projection inputs, real tokens only, packed once per edit."""
 
-    def __init__(self, acts: torch.Tensor, mask: torch.Tensor, pool: str = "mean") -> None:
-        self.pool = pool
+    def __init__(self, acts: torch.Tensor, mask: torch.Tensor) -> None:
         keep = mask.to(acts.device).bool()
         self.tokens = acts[keep]
         self.rows = keep.nonzero(as_tuple=True)[0]
         self.count = keep.sum(-1).clamp(min=1)
 
     def means(self, norms: torch.Tensor) -> torch.Tensor:
-        """``row_scores`` of the packed rows from the token scores ``norms`` (one per packed token)."""
-        empty = norms.new_zeros(self.count.shape[0])
-        if self.pool == "max":
-            return empty.scatter_reduce(0, self.rows, norms, reduce="amax", include_self=True)
-        return empty.index_add(0, self.rows, norms) / self.count
+        """``row_scores`` of the packed rows: per-row mean of the token scores ``norms`` (one per packed token)."""
+        return norms.new_zeros(self.count.shape[0]).index_add(0, self.rows, norms) / self.count
 
 
-def edit_scores(scores: torch.Tensor, batch: EditBatch, pool: str = "mean") -> torch.Tensor:
+def edit_scores(scores: torch.Tensor, batch: EditBatch) -> torch.Tensor:
     """Routing scores of the edit rows, over whole rows then over their prompt tokens only."""
-    return torch.cat([row_scores(scores, batch.edit_mask, pool), row_scores(scores, batch.prompt_mask, pool)])
+    return torch.cat([row_scores(scores, batch.edit_mask), row_scores(scores, batch.prompt_mask)])
 
 
 class _FullForward:
@@ -136,11 +132,11 @@ class _FullForward:
         self.is_top = picked.argmax(-1) == labels
         scores = self.layer.last_scores
         assert scores is not None
-        s_edit = edit_scores(scores[:self.rows, :batch.input_ids.shape[1]], batch, self.layer.score_pool)
+        s_edit = edit_scores(scores[:self.rows, :batch.input_ids.shape[1]], batch)
         if isinstance(self.loc, _LocRows):
             return token_ce, s_edit, self.loc.means(self.layer.token_scores(self.loc.tokens))
         loc_mask = content_mask(self.model, self.inputs["input_ids"][self.rows:], self.inputs["attention_mask"][self.rows:])
-        return token_ce, s_edit, row_scores(scores[self.rows:], loc_mask, self.layer.score_pool)
+        return token_ce, s_edit, row_scores(scores[self.rows:], loc_mask)
 
 
 class _UpperForward:
@@ -274,7 +270,7 @@ class _UpperForward:
             logits = head(picked).float()
             token_ce = F.cross_entropy(logits, self.labels, reduction="none")
             self.is_top = logits.argmax(-1) == self.labels
-        return token_ce, edit_scores(scores, batch, layer.score_pool), s_loc
+        return token_ce, edit_scores(scores, batch), s_loc
 
 
 class _AdamStep:
@@ -329,7 +325,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     for the reference path (no ``stack``), their token ids and attention mask, run through the
     whole model with the edit rows every iteration.
     """
-    rows = _LocRows(*loc, pool=layer.score_pool) if isinstance(loc, tuple) else loc
+    rows = _LocRows(*loc) if isinstance(loc, tuple) else loc
     if stack is not None:
         assert isinstance(rows, _LocRows), "the fast path takes the irrelevant rows' projection inputs"
         forward: _UpperForward | _FullForward = _UpperForward(model, layer, stack, batch, rows, rehearsed)
@@ -384,7 +380,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             else:
                 model(**batch.model_inputs(), use_cache=False)
             assert layer.last_scores is not None
-            s_edit = edit_scores(layer.last_scores, batch, layer.score_pool)
+            s_edit = edit_scores(layer.last_scores, batch)
         n = batch.input_ids.shape[0]
         score = float(torch.minimum(s_edit[0], s_edit[n]))  # bare prompt: full row and prompt only
         real = batch.attention_mask[0].bool()
