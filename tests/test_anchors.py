@@ -36,3 +36,48 @@ def test_anchor_index_gates_rows_by_subject_tokens(tok):
     assert hits[:, 1].all()
     again = AnchorIndex.from_state(index.state())
     assert torch.equal(again.hits(encoded["input_ids"], encoded["attention_mask"], 2), hits)
+
+
+def _routes(model, tok, layer, prompts):
+    """Memory (WISE) or expert (LEMoE) each prompt goes to: -1 for none."""
+    encoded = tok(prompts, padding=True, return_tensors="pt", padding_side="left")
+    with torch.no_grad():
+        model(**encoded)
+    choice = layer.cached_choice if hasattr(layer, "book") else layer.last_choice
+    return choice.tolist()
+
+
+QUESTIONS = ["The capital of Australia is", "Which city is the capital of Australia?", "The capital of Canada is",
+             "Who wrote Hamlet?"]
+
+
+def test_wise_memory_answers_only_rows_naming_its_subject(tok):
+    from conftest import HPARAMS_DIR, tiny_llama
+    from wise_plugin import WISEHyperParams, apply_wise_to_model
+    from wise_plugin.wise import find_layer
+
+    hparams = WISEHyperParams.from_hparams(f"{HPARAMS_DIR}/smollm2-135m.yaml")
+    hparams.inner_params, hparams.n_iter, hparams.n_prefixes, hparams.lifelong = \
+        ["model.layers[1].mlp.down_proj.weight"], 3, 2, True
+    assert hparams.subject_anchor  # the shipped recipe
+    model = tiny_llama()
+    apply_wise_to_model(model, tok, [{"prompt": QUESTIONS[0], "target_new": "Melbourne", "subject": "Australia"}], hparams)
+    layer = find_layer(model)
+    layer.book.threshold = 0.0  # every row scores above it: only the anchors decide
+    assert _routes(model, tok, layer, QUESTIONS) == [0, 0, -1, -1]
+    layer.book.anchors.groups = [None]  # an edit without a subject: the memory is open to every row
+    assert _routes(model, tok, layer, QUESTIONS) == [0, 0, 0, 0]
+
+
+def test_lemoe_expert_answers_only_rows_naming_its_subject(tok):
+    from test_lemoe import tiny_hparams
+    from conftest import tiny_llama
+    from wise_plugin.lemoe import apply_lemoe_to_model, find_layer
+
+    model = tiny_llama()
+    hparams = tiny_hparams(gate=False, subject_anchor=True, lifelong=True)
+    apply_lemoe_to_model(model, tok, [{"prompt": QUESTIONS[0], "target_new": "Melbourne"}], hparams)  # subject guessed
+    layer = find_layer(model)
+    assert layer.anchors.groups == [sorted({tuple(tok(t, add_special_tokens=False)["input_ids"])
+                                            for t in ("Australia", " Australia")})]
+    assert _routes(model, tok, layer, QUESTIONS) == [0, 0, -1, -1]

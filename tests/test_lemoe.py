@@ -173,9 +173,9 @@ def test_generation_keeps_the_prompts_expert(tok):
     plain = layer.pooled.clone()
     real_route, routed, calls = layer.route, [], []
 
-    def counting_route(pooled):
+    def counting_route(pooled, hits=None):
         routed.append(pooled.clone())
-        return real_route(pooled)
+        return real_route(pooled, hits)
 
     layer.route = counting_route
     handle = layer.register_forward_hook(lambda *_: calls.append((layer.continuing, int(layer.last_choice[0]))))

@@ -274,7 +274,7 @@ def test_real_smollm2_one_edit_each(tmp_path):
     records = {line["editor"]: line["records"][0] for line in result["chunks"]}
     assert set(records) == {"WISE", "FT"}
     for record in records.values():
-        assert record["rel"] > record["pre_rel"]  # the edit moved the model towards the new target
+        assert record["rel"] > record["pre_rel"], records  # the edit moved the model towards the new target
         assert record["loc"] is not None and record["edit_seconds"] > 0
 
 
