@@ -47,7 +47,8 @@ def timed_edits(model: Any, tok: Any, requests: list[dict], hparams: Any) -> lis
 @torch.no_grad()
 def all_memories(layer: Any) -> torch.Tensor:
     """Every side memory's change ``W_m - W``: retired WISE-Retrieve groups, then the active one."""
-    return torch.cat([layer.group_stack.flatten(), (layer.side_weight - layer.base.weight).flatten()])
+    retired = [layer.retired.delta(m, torch.float32).flatten() for m in range(len(layer.retired))]
+    return torch.cat(retired + [(layer.side_weight - layer.base.weight).flatten()])
 
 
 @torch.no_grad()

@@ -272,7 +272,8 @@ def test_overlong_requests_are_refused_with_the_limit_named(tok, hparams):
     with pytest.raises(EditRequestError, match=r"tokens .*the model's context is 256 tokens"):
         apply_wise_to_model(model, tok, [{"prompt": long_prompt, "target_new": "x"}], hparams)
     hparams.max_request_tokens = 4
-    with pytest.raises(EditRequestError, match=r"edit request 0 is 6 tokens.*max_request_tokens is 4.*raise max_request_tokens"):
+    length = len(tok("Water boils at forty degrees")["input_ids"])  # 5 or 6: whether the tokenizer adds BOS varies by release
+    with pytest.raises(EditRequestError, match=rf"edit request 0 is {length} tokens.*max_request_tokens is 4.*raise max_request_tokens"):
         apply_wise_to_model(model, tok, [request(3), request(1)], hparams)
     assert find_layer(model) is None
 

@@ -203,6 +203,8 @@ def test_report_files(full_run, tmp_path):
     for row in result["summary"]:
         assert all(0.0 <= row[m] <= 1.0 for m in ("rel", "gen", "loc", "avg", "gen_rel", "near"))
         assert row["avg"] == pytest.approx((row["rel"] + row["gen"] + row["loc"]) / 3)
+        # memory kept after the chunk: the plugin's layer only (FT edits weights in place)
+        assert (row["memory_mb"] > 0 and 0 < row["memory_share"] < 1) if row["editor"] == "WISE" else row["memory_mb"] is None
     paths = write_reports(result, str(tmp_path), {"command": "test"})
     table = open(paths["results.md"], encoding="utf-8").read()
     assert "| method (Rel/Gen/Loc/Avg) | T=1 | T=2 |" in table and "| WISE |" in table and "| FT |" in table
@@ -230,7 +232,7 @@ def test_resume_after_interruption_gives_the_same_table(full_run, tiny_yamls, sm
     resumed = run_comparison(*args, model_factory=resumed_models)
     assert resumed_models.calls == CHUNKS - 3  # finished chunks are not recomputed
     assert paper_table(resumed) == paper_table(reference)
-    timing = ("edit_s_per_edit", "eval_s_per_edit")
+    timing = ("edit_s_per_edit", "eval_s_per_edit", "overhead")
     assert [{k: v for k, v in r.items() if k not in timing} for r in resumed["summary"]] == \
         [{k: v for k, v in r.items() if k not in timing} for r in reference["summary"]]
 
@@ -357,6 +359,21 @@ def test_near_miss_locality_is_one_when_nothing_changes_and_drops_when_the_model
     records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scramble, generation=False)
     assert sum(r["near"] for r in records) < 3.0
     assert any(r["near_changed"] == [requests[i]["near_miss"][0]] for i, r in enumerate(records))
+
+
+def test_plugin_chunks_report_inference_overhead_against_the_unedited_model(tiny_yamls, smollm2_path, tmp_path,
+                                                                             monkeypatch):
+    from wise_plugin.runner import protocol
+
+    monkeypatch.setattr(protocol, "OVERHEAD_MIN_T", 2)  # timed from T=10 on by default
+    models = TinyModels(smollm2_path)
+    result = run_comparison(load_specs(tiny_yamls[:1]), load_requests("builtin"), dataset_format("builtin"),
+                            RunOptions(t_values=(1, 2), n=2, progress=False), str(tmp_path), model_factory=models)
+    assert models.calls == 3 + 1  # the three chunks' editors and one unedited model for the timings
+    by_t = {row["T"]: row for row in result["summary"]}
+    assert by_t[1]["overhead"] is None and 0.5 < by_t[2]["overhead"] < 5
+    table = open(write_reports(result, str(tmp_path))["results.md"], encoding="utf-8").read()
+    assert f"| {by_t[2]['overhead']:.2f}x |" in table and "memory kept" in table
 
 
 # Resuming inside a chunk ------------------------------------------------------------------------

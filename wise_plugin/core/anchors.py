@@ -39,6 +39,7 @@ class AnchorIndex:
 
     def __init__(self) -> None:
         self.groups: list[Optional[list[Anchor]]] = []
+        self._by_first: Optional[dict[int, list[tuple[int, Anchor]]]] = None  # first token -> (memory, anchor)
 
     def add(self, memory: int, anchors: Optional[Sequence[Anchor]]) -> None:
         """Book one edit's anchors under ``memory`` (the active memory's index)."""
@@ -48,21 +49,28 @@ class AnchorIndex:
             self.groups[memory] = None
         else:
             self.groups[memory] = sorted(set(self.groups[memory]) | set(anchors))
+        self._by_first = None
+
+    def _lookup(self) -> dict[int, list[tuple[int, Anchor]]]:
+        """Anchors by their first token, built once per change: a row is matched in one pass over
+        its tokens, whatever the number of memories."""
+        if self._by_first is None:
+            self._by_first = {}
+            for memory, anchors in enumerate(self.groups):
+                for anchor in anchors or ():
+                    self._by_first.setdefault(anchor[0], []).append((memory, anchor))
+        return self._by_first
 
     def hits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], memories: int) -> torch.Tensor:
         """(rows, memories) bool: the row's real tokens contain an anchor of the memory (always true
         for memories without anchors)."""
         rows = input_ids.shape[0]
         found = torch.ones(rows, memories, dtype=torch.bool)
-        first: dict[int, list[tuple[int, Anchor]]] = {}
-        for memory, anchors in enumerate(self.groups[:memories]):
-            if anchors is None:
-                continue
-            found[:, memory] = False
-            for anchor in anchors:
-                first.setdefault(anchor[0], []).append((memory, anchor))
-        if not first:
+        gated = [memory for memory, anchors in enumerate(self.groups[:memories]) if anchors is not None]
+        if not gated:
             return found.to(input_ids.device)
+        found[:, gated] = False
+        first = self._lookup()
         ids = input_ids.tolist()
         real = attention_mask.bool().tolist() if attention_mask is not None else None
         for row, tokens in enumerate(ids):
@@ -70,7 +78,7 @@ class AnchorIndex:
                 tokens = [t for t, keep in zip(tokens, real[row][-len(tokens):]) if keep]
             for start, token in enumerate(tokens):
                 for memory, anchor in first.get(token, ()):
-                    if tuple(tokens[start:start + len(anchor)]) == anchor:
+                    if memory < memories and tuple(tokens[start:start + len(anchor)]) == anchor:
                         found[row, memory] = True
         return found.to(input_ids.device)
 

@@ -217,3 +217,8 @@ def swap_out(model: nn.Module, cls: type[nn.Module]) -> bool:
                 setattr(parent, name, child.base)
                 return True
     return False
+
+
+def tensor_bytes(*tensors: Optional[torch.Tensor]) -> int:
+    """Bytes held by the given tensors (None skipped): the memory a wrapper reports in ``footprint``."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)

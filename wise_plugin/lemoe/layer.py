@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wise_plugin.core.anchors import AnchorIndex
+from wise_plugin.core.modules import tensor_bytes
 
 
 class Expert(nn.Module):
@@ -95,6 +96,14 @@ class LEMoELayer(nn.Module):
     @property
     def n_edits(self) -> int:
         return sum(len(e) for e in self.edits)
+
+    def footprint(self) -> dict[str, int]:
+        """Bytes held beyond the base module: ``kept`` (experts, keys, router, the stored edits'
+        pooled embeddings) and ``caches`` (pooled embeddings of the irrelevant texts, planner
+        centroids), as WISE's ``footprint``."""
+        params = [p for module in (self.experts, self.keys, self.router) for p in module.parameters()]
+        return {"kept": tensor_bytes(*params, self.anchor_embeds, self.anchor_expert),
+                "caches": tensor_bytes(self.pool_embeds, self.planner_centroids)}
 
     def new_expert(self) -> int:
         """Open a fresh expert with an untrained key; returns its index."""

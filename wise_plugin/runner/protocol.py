@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS, EditRequestError, check_lengths
 from wise_plugin.evaluation import contains_target, greedy_answer, greedy_ids, wild_answer, wild_exact_match
 from wise_plugin.host import compute_edit_quality
+from wise_plugin.runner.cost import OVERHEAD_MIN_T, PlainModels, inference_overhead, memory_kept, overhead_prompts
 from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.host.guard import editor_parts, plugin_kind
@@ -340,10 +341,14 @@ def _quick_rel(editor: Any, request: dict[str, Any]) -> float:
 def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
               options: RunOptions, model_factory: Optional[ModelFactory] = None,
               bar: Optional[tqdm] = None, setup_cache: Optional[SetupCache] = None,
-              out_dir: Optional[str] = None, key: Optional[str] = None) -> dict[str, Any]:
+              out_dir: Optional[str] = None, key: Optional[str] = None,
+              plain_models: Optional[PlainModels] = None) -> dict[str, Any]:
     """Edit the chunk's requests on a fresh editor, then score all of them; returns the chunk's line.
     With ``options.checkpoint_every`` a plugin editor's progress is kept in ``out_dir`` and a rerun
-    continues it (:mod:`wise_plugin.runner.partial`)."""
+    continues it (:mod:`wise_plugin.runner.partial`). For the plugin's editors the line also holds
+    the memory the editor keeps after the chunk and, for chunks of ``OVERHEAD_MIN_T`` edits or more
+    with ``plain_models``, the inference overhead against the unedited model
+    (:mod:`wise_plugin.runner.cost`)."""
     _seed(options.seed)
     editor = build_editor(spec, model_factory)
     _check_lengths(editor, requests, options.start + chunk.start)
@@ -370,15 +375,21 @@ def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
                 bar.update(1)
         return seconds
 
+    costs: dict[str, Any] = {}
     try:
         records, edit_seconds, eval_seconds = score_stream(editor, requests, fmt, options, apply,
                                                            options.start + chunk.start, partial=partial)
+        costs.update(memory_kept(editor, kind) or {})
+        if kind and plain_models is not None and chunk.t >= OVERHEAD_MIN_T:
+            editor.model.eval()
+            costs["overhead"] = inference_overhead(editor.model, plain_models.get(spec), editor.tok,
+                                                   overhead_prompts(requests))
     finally:
         editor = None  # the model goes before the next chunk builds its own
         gc.collect()
     return {"editor": spec.label, "alg_name": spec.alg_name, "hparams": spec.path, "dataset": fmt.name,
             "T": chunk.t, "chunk": chunk.index, "edit_seconds": edit_seconds,
-            "eval_seconds": eval_seconds, "records": records}
+            "eval_seconds": eval_seconds, **costs, "records": records}
 
 
 def summarize(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -394,6 +405,9 @@ def summarize(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
     row["avg"] = float(np.mean(parts)) if all(p is not None for p in parts) else None
     row["edit_s_per_edit"] = sum(line["edit_seconds"] for line in lines) / max(row["edits"], 1)
     row["eval_s_per_edit"] = sum(line["eval_seconds"] for line in lines) / max(row["edits"], 1)
+    for cost in ("memory_mb", "cache_mb", "memory_share", "overhead"):  # at the end of each chunk
+        values = [line[cost] for line in lines if line.get(cost) is not None]
+        row[cost] = float(np.mean(values)) if values else None
     return row
 
 
@@ -415,11 +429,12 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
         logger.info("resuming: %d of %d chunks are already in %s", len(jobs) - len(todo), len(jobs), store.path)
     bar = tqdm(total=sum(c.t for _, c, _ in todo), unit="edit", desc="lifelong edits", disable=not options.progress)
     setup_cache = SetupCache()  # every chunk starts from the same unedited weights
+    plain_models = PlainModels(lambda spec: build_editor(spec, model_factory))  # for the overhead timings
     try:
         for spec, chunk, key in todo:
             bar.set_postfix_str(f"{spec.label} T={chunk.t} chunk {chunk.index + 1}/{len(sample) // chunk.t}")
             line = run_chunk(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, model_factory, bar, setup_cache,
-                             out_dir, key)
+                             out_dir, key, plain_models)
             line["key"] = key
             store.add(line)
             PartialChunk.remove(out_dir, key)

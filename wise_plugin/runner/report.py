@@ -49,17 +49,26 @@ def paper_table(result: dict[str, Any]) -> str:
 
 def detail_table(result: dict[str, Any]) -> str:
     """Generation-based scores (greedy contains target; WILD exact match on the edit and rephrase
-    prompts; near-miss prompts whose greedy continuation is unchanged) and cost per editor and T."""
+    prompts; near-miss prompts whose greedy continuation is unchanged) and cost per editor and T: seconds,
+    and after the chunk's last edit the memory the editor keeps (MB and share of the model's parameter
+    bytes) and the inference overhead against the unedited model."""
     lines = ["| method | T | chunks | edits | greedy contains target | WILD-EM Rel | WILD-EM Gen | near-miss Loc "
-             "| edit s/edit | eval s/edit |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| edit s/edit | eval s/edit | memory kept | inference overhead |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["summary"]:
         lines.append(f"| {row['editor']} | {row['T']} | {row['chunks']} | {row['edits']} | "
                      f"{_fmt(row['gen_rel'], 'gen_rel')} | {_fmt(row.get('wild_rel'), 'wild_rel')} | "
                      f"{_fmt(row.get('wild_gen'), 'wild_gen')} | {_fmt(row.get('near'), 'near')} | "
                      f"{row['edit_s_per_edit']:.2f} | "
-                     f"{row['eval_s_per_edit']:.2f} |")
+                     f"{row['eval_s_per_edit']:.2f} | {_memory(row)} | "
+                     f"{'-' if row.get('overhead') is None else format(row['overhead'], '.2f') + 'x'} |")
     return "\n".join(lines) + "\n"
+
+
+def _memory(row: dict[str, Any]) -> str:
+    if row.get("memory_mb") is None:
+        return "-"
+    return f"{row['memory_mb']:.1f} MB ({100 * row['memory_share']:.1f}%)"
 
 
 def records(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -23,7 +23,9 @@ from wise_plugin.core.modules import module_path
 from wise_plugin.wise.model import attach, detach, find_layer, resolve
 
 FORMAT = "wise-plugin/wise-merge"
-VERSION = 2  # 2: digest-named tensor file and base-weight fingerprint; version 1 folders still load
+# 2: digest-named tensor file and base-weight fingerprint; 3: retired memories kept sparse
+# (``retired.<m>.support`` / ``.values`` instead of a dense ``group_stack``). Versions 1-2 still load.
+VERSION = 3
 STEM = "wise_state"  # wise_state.json + the wise_state-<digest>.safetensors it names
 _NEEDED = ("side_weight", "side_base", "mask")
 

@@ -11,6 +11,7 @@ from wise_plugin.wise.merge import MERGE_ALGS
 
 OPTIMIZERS = ("sgd", "adam")
 ROUTE_BY = ("score", "ratio", "newest")
+MEMORY_DTYPE_NAMES = ("float16", "bfloat16", "float32")
 
 
 @dataclass
@@ -19,7 +20,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``,
-    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -72,6 +73,11 @@ class WISEHyperParams(HyperParams):
     route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper), "ratio" (score / own threshold), "newest"
     # Route a row to a memory only when it names the subject of one of that memory's edits (core/anchors.py).
     subject_anchor: bool = False
+    # dtype of the values a retired WISE-Retrieve memory keeps on its support (wise/retired.py)
+    memory_dtype: str = "float16"
+    # replay draws from a seeded reservoir sample of at most this many earlier edits, whose
+    # projection inputs stay cached; memory and edit time then stay flat over long streams
+    replay_pool: int = 256
     fast_path: bool = True
     seed: int = 42
     # Longest request (prompt + target, in tokens) an edit call accepts; also capped by the model's context.
@@ -114,6 +120,10 @@ class WISEHyperParams(HyperParams):
             problems.append(f"n_iter must be >= 1 and edit_lr > 0, got {self.n_iter} and {self.edit_lr}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
+        if self.memory_dtype not in MEMORY_DTYPE_NAMES:
+            problems.append(f"memory_dtype {self.memory_dtype!r} is not supported; use one of {MEMORY_DTYPE_NAMES}")
+        if self.replay_pool < 1:
+            problems.append(f"replay_pool must be >= 1, got {self.replay_pool}")
         if self.route_by not in ROUTE_BY:
             problems.append(f"route_by {self.route_by!r} is not supported; use one of {ROUTE_BY}")
         if self.stop_patience is not None and self.stop_patience < 0:

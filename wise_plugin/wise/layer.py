@@ -13,9 +13,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from wise_plugin.core.modules import tensor_bytes
 from wise_plugin.wise.caches import EditCaches
 from wise_plugin.wise.memory import MemoryBook, Probe
 from wise_plugin.wise.merge import merge_deltas
+from wise_plugin.wise.retired import RetiredMemories
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -46,9 +48,12 @@ class WISELayer(nn.Module):
     Editing trains ``side_weight`` on the entries of the current shard's random mask only; the
     ``book`` (:class:`MemoryBook`) says which shard, when to save and merge, and each memory's
     threshold. Merged shard changes accumulate in ``side_base``, the starting point of later
-    shards; with WISE-Retrieve each finished memory's change is kept in ``group_stack``. At
-    inference each row goes through the memory whose routing score (``row_scores``) is above its
-    threshold (top-1 by ``route_by``), else through the main memory alone.
+    shards; with WISE-Retrieve each finished memory's change is kept, sparse and compact, in
+    ``retired`` (:class:`~wise_plugin.wise.retired.RetiredMemories`). At inference each row goes
+    through the memory whose routing score (``row_scores``) is above its threshold (top-1 by
+    ``route_by``), else through the main memory alone; a memory whose subject anchors the row does
+    not name is neither a candidate nor scored, so the cost follows the anchors a row hits, not
+    the number of memories.
     """
 
     def __init__(self, base: nn.Module, mask_ratio: float, seed: int, retrieve: bool = False) -> None:
@@ -66,8 +71,7 @@ class WISELayer(nn.Module):
         self.caches = EditCaches()
         # WISE-Retrieve: each finished memory is retired with its threshold (kept in the book).
         self.retrieve = retrieve
-        self.register_buffer("group_stack", weight.new_zeros((weight.shape[0], 0) if self.conv1d_layout
-                                                             else (0, weight.shape[1])), persistent=False)
+        self.retired = RetiredMemories(weight.shape, weight.device)
         # Top-1 rule among memories above their thresholds: highest score (the paper), highest
         # score / own threshold, which compares memories whose score scales differ, or the newest.
         self.route_by = "score"
@@ -113,17 +117,20 @@ class WISELayer(nn.Module):
             return base_out + self.edit_delta(x)
         if x.dim() != 3 or not self.thresholds():
             return base_out
-        choice, deltas = self._route(x)
+        choice, computed = self._route(x)
         if not bool((choice >= 0).any()):
             return base_out
-        if deltas is None:  # decision kept from the prompt: only the chosen memories are computed
-            deltas = torch.zeros(*x.shape[:2], len(self.thresholds()), base_out.shape[-1], dtype=x.dtype, device=x.device)
-            for memory in choice.unique().tolist():
-                if memory >= 0:
-                    rows = choice == memory
-                    deltas[rows, :, memory] = self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
-        picked = deltas[torch.arange(x.shape[0], device=x.device), :, choice.clamp(min=0)]
-        return torch.where((choice >= 0)[:, None, None], base_out + picked, base_out)
+        out = base_out.clone()
+        for memory in choice.unique().tolist():
+            if memory < 0:
+                continue
+            rows = choice == memory
+            if memory in computed:  # scored while routing: reuse the change it made to the candidates
+                scored_rows, delta = computed[memory]
+                out[rows] = out[rows] + delta[rows[scored_rows]]
+            else:  # decision kept from the prompt: only the chosen memory is computed
+                out[rows] = out[rows] + self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
+        return out
 
     # -- memories and routing ---------------------------------------------------------------------
     def thresholds(self) -> list[float]:
@@ -132,51 +139,48 @@ class WISELayer(nn.Module):
 
     def _memory_delta(self, memory: int, dtype: torch.dtype) -> torch.Tensor:
         """``W_m - W`` of one memory, in the (in, out) or (out, in) layout of the base weight."""
-        if memory == len(self.book.group_thresholds):
+        if memory == len(self.retired):
             return (self.side_weight - self.base.weight).to(dtype)
-        out_dim = 1 if self.conv1d_layout else 0
-        size = self.side_weight.shape[out_dim]
-        return self.group_stack.narrow(out_dim, memory * size, size).to(dtype)
+        return self.retired.delta(memory, dtype)
 
-    def _all_deltas(self, x: torch.Tensor) -> torch.Tensor:
-        """``a (W_m - W)^T`` for every token and memory: shape (batch, length, memories, out)."""
-        parts = []
-        retired = len(self.book.group_thresholds)
-        if retired:
-            parts.append(self.apply_delta(x, self.group_stack.to(x.dtype)).view(*x.shape[:2], retired, -1))
-        if self.book.threshold is not None:
-            parts.append(self.apply_delta(x, (self.side_weight - self.base.weight).to(x.dtype)).unsqueeze(2))
-        return torch.cat(parts, dim=2)
-
-    def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per-row memory index (-1: main memory) and the deltas computed to decide it.
+    def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """Per-row memory index (-1: main memory), and for each memory scored, the rows it was
+        scored on and its change to their outputs.
 
         A row goes to the memory with the highest routing score (or, with ``route_by == "ratio"``,
         the highest score over that memory's threshold; with ``"newest"``, the most recent memory)
         among those above their own threshold (top-1) whose subject anchors the row names (see
-        :mod:`wise_plugin.core.anchors`; memories without anchors are open). While a KV cache grows,
-        the prompt's decision is kept.
+        :mod:`wise_plugin.core.anchors`; memories without anchors are open). Only candidates, the
+        (row, memory) pairs the anchors allow, are scored. While a KV cache grows, the prompt's
+        decision is kept.
         """
         batch, length = x.shape[:2]
         if self.continuing and self.cached_choice is not None and self.cached_choice.shape[0] == batch:
-            return self.cached_choice, None
-        deltas = self._all_deltas(x)
+            return self.cached_choice, {}
+        thresholds = torch.tensor(self.thresholds(), device=x.device, dtype=torch.float32)
+        candidates = torch.ones(batch, thresholds.numel(), dtype=torch.bool, device=x.device)
+        hits = self.anchor_hits
+        if hits is not None and hits.shape == candidates.shape:  # subject anchors gate their memories
+            candidates &= hits.to(x.device)
         mask = self.token_mask
         if mask is None or mask.shape[0] != batch:
             mask = torch.ones(batch, length, device=x.device)
-        rows = row_scores(token_scores(deltas), mask[:, -length:])  # (batch, memories)
-        thresholds = torch.tensor(self.thresholds(), device=rows.device, dtype=rows.dtype)
-        above = rows > thresholds
-        hits = self.anchor_hits
-        if hits is not None and hits.shape == above.shape:  # subject anchors gate their memories
-            above &= hits.to(above.device)
+        mask = mask[:, -length:]
+        scores = torch.full(candidates.shape, -float("inf"), device=x.device)
+        computed = {}
+        for memory in candidates.any(dim=0).nonzero().flatten().tolist():
+            rows = candidates[:, memory]
+            delta = self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
+            scores[rows, memory] = row_scores(token_scores(delta), mask[rows])
+            computed[memory] = (rows, delta)
+        above = candidates & (scores > thresholds)
         if self.route_by == "newest":  # later memories were trained to reject earlier edits, not the reverse
-            rank = torch.arange(rows.shape[-1], device=rows.device, dtype=rows.dtype).expand_as(rows)
+            rank = torch.arange(scores.shape[-1], device=x.device, dtype=scores.dtype).expand_as(scores)
         else:
-            rank = rows / thresholds if self.route_by == "ratio" else rows
+            rank = scores / thresholds if self.route_by == "ratio" else scores
         best = torch.where(above, rank, torch.full_like(rank, -float("inf"))).argmax(dim=-1)
         self.cached_choice = torch.where(above.any(dim=-1), best, torch.full_like(best, -1))
-        return self.cached_choice, deltas
+        return self.cached_choice, computed
 
     @torch.no_grad()
     def probe_scores(self, probes: list[Probe]) -> float:
@@ -244,25 +248,38 @@ class WISELayer(nn.Module):
     @torch.no_grad()
     def _retire_group(self) -> None:
         """WISE-Retrieve: freeze the merged memory with its threshold; the next memory starts from W."""
-        delta = (self.side_weight - self.base.weight).detach()
-        self.group_stack = torch.cat([self.group_stack, delta], dim=1 if self.conv1d_layout else 0)
+        self.retired.add((self.side_weight - self.base.weight).detach())
         self.side_base.copy_(self.base.weight)
         self.side_weight.copy_(self.base.weight)
         self.book.retire()
         self.caches.block_inputs = {}  # rehearsal draws from the active memory only
 
+    # -- what the edits cost in memory -------------------------------------------------------------
+    def footprint(self) -> dict[str, int]:
+        """Bytes this layer holds beyond the base projection: ``kept``, what the edits need (retired
+        memories, the active memory and its shard state, stored bare rows), and ``caches``, what is
+        rebuilt from the model on demand (irrelevant-row and replay inputs, rehearsal states, dense
+        copies of recently used memories, the update scratch buffers)."""
+        book, caches = self.book, self.caches
+        kept = self.retired.nbytes() + tensor_bytes(self.side_weight, self.side_base, book.mask, book.shard_start,
+                                                    *book.shard_deltas, *(t for probe in book.probes for t in probe))
+        cached = self.retired.cache_nbytes() + tensor_bytes(
+            caches.pool_acts, caches.pool_mask, *caches.replay_cache.values(), *caches.block_inputs.values(),
+            *(t for t in (self.update_buffers or ())[1:] if isinstance(t, torch.Tensor)))
+        return {"kept": kept, "caches": cached}
+
     # -- state for restore handles and checkpoints ------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """A deep copy of everything an edit can change: weights, book and rehearsal states."""
         return {"side_weight": self.side_weight.detach().clone(), "side_base": self.side_base.detach().clone(),
-                "group_stack": self.group_stack.detach().clone(),
+                "retired": self.retired.state(),
                 **self.book.snapshot(), **self.caches.snapshot()}
 
     @torch.no_grad()
     def restore(self, state: dict[str, Any]) -> None:
         self.side_weight.copy_(state["side_weight"])
         self.side_base.copy_(state["side_base"])
-        self.group_stack = state["group_stack"].clone()
+        self.retired.restore(state["retired"])
         self.book.restore(state)
         self.caches.restore(state)
         self.cached_choice = None
@@ -270,10 +287,9 @@ class WISELayer(nn.Module):
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON fields of the layer's weights and routing settings."""
         tensors = {"side_weight": self.side_weight.detach(), "side_base": self.side_base.detach()}
-        if self.book.group_thresholds:
-            tensors["group_stack"] = self.group_stack.detach()
+        tensors.update(self.retired.checkpoint_tensors())
         meta = {"shape": list(self.side_weight.shape), "dtype": str(self.side_weight.dtype).removeprefix("torch."),
-                "retrieve": self.retrieve, "route_by": self.route_by}
+                "retrieve": self.retrieve, "route_by": self.route_by, "retired": len(self.retired)}
         return tensors, meta
 
     @torch.no_grad()
@@ -281,7 +297,7 @@ class WISELayer(nn.Module):
         cast = lambda name: tensors[name].to(device=self.side_weight.device, dtype=self.side_weight.dtype)  # noqa: E731
         self.side_weight.copy_(cast("side_weight"))
         self.side_base.copy_(cast("side_base"))
-        self.group_stack = cast("group_stack") if "group_stack" in tensors else \
-            self.group_stack.narrow(1 if self.conv1d_layout else 0, 0, 0)
+        legacy = cast("group_stack") if "group_stack" in tensors else None  # dense, before sparse memories
+        self.retired.load_checkpoint_tensors(tensors, meta.get("retired", 0), legacy, self.conv1d_layout)
         self.route_by = meta.get("route_by", "score")  # checkpoints before route_by routed by score
         self.cached_choice = None

@@ -22,6 +22,7 @@ from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool,
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.core.modules import input_device, upper_stack
+from wise_plugin.wise.retired import MEMORY_DTYPES
 from wise_plugin.wise.model import attach, block_inputs, detach, find_layer, projection_inputs
 from wise_plugin.wise.caches import SetupCache, model_setup_cache
 from wise_plugin.wise.trainer import train_edit
@@ -40,7 +41,12 @@ class WISERestore(RestoreHandle):
 def _replay_inputs(model: nn.Module, layer: WISELayer, tok: Any, texts: list[str],
                    lower: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
     """Projection inputs of replayed earlier edits, each computed once (alone, so its values do not
-    depend on the batch it was first drawn in) and kept on the layer for later draws."""
+    depend on the batch it was first drawn in) and kept on the layer for later draws while the edit
+    stays in the replay reservoir."""
+    book = layer.book
+    kept = {f"{book.memory[i][0]} {book.memory[i][1]}" for i in book.reservoir}
+    for text in [text for text in layer.caches.replay_cache if text not in kept]:
+        del layer.caches.replay_cache[text]
     for text in texts:
         if text not in layer.caches.replay_cache:  # kept: the tokens its routing score reads
             acts, mask = projection_inputs(model, layer, tok, [text], lower=lower)
@@ -78,7 +84,7 @@ def _draw_loc(layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParam
     rows = pick_pool_rows(layer.caches.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.book.edits)
     given = request.get("loc_prompt")
     given = ([given] if isinstance(given, str) else list(given)) if given else []
-    earlier = layer.book.memory[:layer.book.group_start]
+    earlier = [layer.book.memory[i] for i in layer.book.replay_reservoir(hparams.replay_pool)]
     replayed = []
     if hparams.retrieve and hparams.replay and earlier:
         drawn = random.Random(hparams.seed - layer.book.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
@@ -181,6 +187,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
             detach(model)
         raise
     layer.route_by = hparams.route_by
+    layer.retired.dtype = MEMORY_DTYPES[hparams.memory_dtype]
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong, loaded)
     with editing(model, handle):  # from here on, any failure leaves the model as it was before the call
         layout = upper_stack(model, inner_param)

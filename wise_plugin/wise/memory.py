@@ -9,6 +9,7 @@ the threshold. ``WISELayer`` owns one book and reads its thresholds when it rout
 
 from __future__ import annotations
 
+import random
 from typing import Any, Callable, Optional
 
 import torch
@@ -36,6 +37,8 @@ class MemoryBook:
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal and replay
         self.probes: list[Probe] = []  # bare rows of the active memory's edits
         self.anchors = AnchorIndex()  # subject anchors of each memory's edits (subject_anchor)
+        self.reservoir: list[int] = []  # indices (into memory) of earlier-memory edits replay draws from
+        self.reservoir_seen = 0  # earlier-memory edits the reservoir has considered
 
     def thresholds(self) -> list[float]:
         """Thresholds of the memories inference can route to: retired ones, then the active one."""
@@ -44,6 +47,21 @@ class MemoryBook:
     def active_edits(self) -> list[tuple[str, str]]:
         """The edits that live in the memory being trained."""
         return self.memory[self.group_start:]
+
+    def replay_reservoir(self, size: int) -> list[int]:
+        """Indices of the edits of retired memories that replay may draw from: all of them while they
+        number at most ``size``, then a uniform sample of ``size`` (reservoir sampling, each step
+        seeded by the edit's index so a resumed run draws the same). Replay and its cache of
+        projection inputs then stay the same size however long the stream."""
+        for index in range(self.reservoir_seen, self.group_start):
+            if len(self.reservoir) < size:
+                self.reservoir.append(index)
+            else:
+                slot = random.Random(self.seed * 7919 + index).randrange(index + 1)
+                if slot < size:
+                    self.reservoir[slot] = index
+        self.reservoir_seen = max(self.reservoir_seen, self.group_start)
+        return self.reservoir
 
     def draw_mask(self, shard_index: int) -> torch.Tensor:
         """The shard's random gradient mask: ``mask_ratio`` of the entries, seeded per shard."""
@@ -90,7 +108,8 @@ class MemoryBook:
                 "mask": clone(self.mask), "edits": self.edits, "shard_index": self.shard_index,
                 "min_edit_score": self.min_edit_score, "threshold": self.threshold, "memory": list(self.memory),
                 "group_thresholds": list(self.group_thresholds), "group_start": self.group_start,
-                "probes": list(self.probes), "anchors": self.anchors.state()}
+                "probes": list(self.probes), "anchors": self.anchors.state(),
+                "reservoir": list(self.reservoir), "reservoir_seen": self.reservoir_seen}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.shard_start = None if state["shard_start"] is None else state["shard_start"].clone()
@@ -103,6 +122,9 @@ class MemoryBook:
         self.group_start = state["group_start"]
         self.probes = list(state.get("probes", []))
         self.anchors = AnchorIndex.from_state(state.get("anchors"))
+        # states from before the reservoir: it is rebuilt from the stored edits on the next draw
+        self.reservoir = list(state.get("reservoir", []))
+        self.reservoir_seen = state.get("reservoir_seen", 0)
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON fields of the book for a checkpoint."""
@@ -118,7 +140,8 @@ class MemoryBook:
                 "shard_index": self.shard_index, "n_shard_deltas": len(self.shard_deltas),
                 "n_probes": len(self.probes), "min_edit_score": self.min_edit_score, "threshold": self.threshold,
                 "group_thresholds": list(self.group_thresholds), "group_start": self.group_start,
-                "memory": [list(item) for item in self.memory], "anchors": self.anchors.state()}
+                "memory": [list(item) for item in self.memory], "anchors": self.anchors.state(),
+                "reservoir": list(self.reservoir), "reservoir_seen": self.reservoir_seen}
         return tensors, meta
 
     def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -137,4 +160,5 @@ class MemoryBook:
             "probes": [(cast(f"probe.{i}.acts"), tensors[f"probe.{i}.row_mask"].to(self.device),
                         tensors[f"probe.{i}.prompt_mask"].to(self.device)) for i in range(meta["n_probes"])],
             "anchors": meta.get("anchors"),  # checkpoints before subject anchors: every memory open
+            "reservoir": meta.get("reservoir", []), "reservoir_seen": meta.get("reservoir_seen", 0),
         })
