@@ -19,8 +19,8 @@ class WISEHyperParams(HyperParams):
     """Hyper-parameters of WISE; every key of upstream's ``hparams/WISE/*.yaml`` loads unchanged.
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
-    ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``,
-    ``act_weight``, ``rehearse``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
+    ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``, ``stop_token_share``,
+    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -66,8 +66,15 @@ class WISEHyperParams(HyperParams):
     # Stop once the bare edit has been greedy-correct (every target token the top choice, rehearsed edits
     # kept, routing apart) for this many iterations without reaching stop_token_prob (None: off).
     stop_patience: Optional[int] = None
+    # Share of each row's target tokens the two stop rules ask for (1.0: every token). Below 1, a
+    # passage-long target stops once most of its tokens are learned; a target shorter than
+    # 1 / (1 - share) tokens still needs every token.
+    stop_token_share: float = 1.0
     act_weight: float = 1.0
     rehearse: int = 0
+    # Most tokens (prompt + target, all rows) in one edit iteration: prefixed copies of the edit and
+    # rehearsed edits are taken in turn while they fit; the bare edit row always stays (None: no cap).
+    row_token_budget: Optional[int] = None
     optimizer: str = "sgd"
     refresh_threshold: bool = False
     route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper), "ratio" (score / own threshold), "newest"
@@ -130,6 +137,10 @@ class WISEHyperParams(HyperParams):
             problems.append(f"stop_patience must be >= 0 or null, got {self.stop_patience!r}")
         if self.stop_token_prob is not None and not 0.0 < self.stop_token_prob < 1.0:
             problems.append(f"stop_token_prob must be in (0, 1) or null, got {self.stop_token_prob}")
+        if not 0.0 < self.stop_token_share <= 1.0:
+            problems.append(f"stop_token_share must be in (0, 1], got {self.stop_token_share}")
+        if self.row_token_budget is not None and self.row_token_budget < 1:
+            problems.append(f"row_token_budget must be >= 1 or null, got {self.row_token_budget}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
         if any(length < 1 for length in self.prefix_lengths):

@@ -141,7 +141,8 @@ class WISELayer(nn.Module):
         """``W_m - W`` of one memory, in the (in, out) or (out, in) layout of the base weight."""
         if memory == len(self.retired):
             return (self.side_weight - self.base.weight).to(dtype)
-        return self.retired.delta(memory, dtype)
+        # retired memories are plain tensors, not buffers: follow the layer when the model moves
+        return self.retired.delta(memory, dtype).to(self.side_weight.device)
 
     def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
         """Per-row memory index (-1: main memory), and for each memory scored, the rows it was

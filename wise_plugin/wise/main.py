@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from wise_plugin.core.anchors import subject_anchors
+from wise_plugin.core.anchors import Anchor, mentions, subject_anchors
 from wise_plugin.core.requests import check_call
 from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.wise.config import WISEHyperParams
@@ -77,14 +77,22 @@ class LocDraw:
     replayed: list[str]
 
 
-def _draw_loc(layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParams) -> LocDraw:
+def _draw_loc(layer: WISELayer, tok: Any, request: dict[str, Any], hparams: WISEHyperParams,
+              anchors: Optional[list[Anchor]]) -> LocDraw:
     """Pool draws, the request's own ``loc_prompt`` when the host passes one (source-repo EasyEdit's
     ``loc_prompts``), and with ``retrieve`` + ``replay`` stored edits of earlier groups, which the new
-    memory must not claim."""
+    memory must not claim. With subject anchors (``anchors``: the new edit's) only the earlier edits
+    that name a subject of the active memory are replayed: the anchors already keep every other row
+    away from it, and pushing their scores down as well cost up to the full ``n_iter`` per edit on
+    long streams without changing where any row goes."""
     rows = pick_pool_rows(layer.caches.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.book.edits)
     given = request.get("loc_prompt")
     given = ([given] if isinstance(given, str) else list(given)) if given else []
     earlier = [layer.book.memory[i] for i in layer.book.replay_reservoir(hparams.replay_pool)]
+    active = layer.book.anchors.groups[len(layer.book.group_thresholds):][:1]
+    gate = None if anchors is None or (active and active[0] is None) else list(anchors) + list(active[0] if active else [])
+    if gate is not None:
+        earlier = [(p, t) for p, t in earlier if mentions(tok(f"{p} {t}", add_special_tokens=False)["input_ids"], gate)]
     replayed = []
     if hparams.retrieve and hparams.replay and earlier:
         drawn = random.Random(hparams.seed - layer.book.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
@@ -136,15 +144,44 @@ def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hpara
     layer.caches.pool_texts, layer.caches.pool_acts, layer.caches.pool_mask = pool, pool_acts, pool_mask
 
 
+def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay: list[tuple[str, str]],
+              budget: Optional[int]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The prefixed copies of the edit and the rehearsed edits that fit in ``budget`` tokens beside
+    the bare edit row, taken in turn (a prefix, a rehearsed edit, ...). A long target (a passage)
+    then trains on a few rows instead of twenty full-length ones; short ones keep them all."""
+    if budget is None:
+        return list(prefixes), replay
+    length = lambda text: len(tok(text)["input_ids"])  # noqa: E731
+    used = length(f"{request['prompt']} {request['target_new']}")
+    kept_prefixes: list[str] = []
+    kept_replay: list[tuple[str, str]] = []
+    queue = [("prefix", p) for p in prefixes]
+    turns = [item for pair in zip(queue, [("replay", r) for r in replay]) for item in pair]
+    turns += queue[len(replay):] + [("replay", r) for r in replay[len(queue):]]
+    for kind, item in turns:
+        text = f"{item}{request['prompt']} {request['target_new']}" if kind == "prefix" else f"{item[0]} {item[1]}"
+        cost = length(text)
+        if used + cost > budget:
+            continue
+        used += cost
+        if kind == "prefix":
+            kept_prefixes.append(item)
+        else:
+            kept_replay.append(item)
+    return kept_prefixes, kept_replay
+
+
 def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any], hparams: WISEHyperParams,
               stack: Any, lower: Sequence[nn.Module], device: torch.device) -> None:
     """Train one request into the side memory and book it (shards, merges, thresholds)."""
     start = time.perf_counter()
     group = layer.book.active_edits()  # edits that live in the memory being trained
     replay = random.Random(hparams.seed + layer.book.edits).sample(group, k=min(hparams.rehearse, len(group)))
-    batch = build_batch(tok, request["prompt"], request["target_new"], layer.caches.prefixes,
+    prefixes, replay = _fit_rows(tok, request, layer.caches.prefixes, replay, hparams.row_token_budget)
+    batch = build_batch(tok, request["prompt"], request["target_new"], prefixes,
                         hparams.use_chat_template, device, replay)
-    draw = _draw_loc(layer, request, hparams)
+    anchors = subject_anchors(tok, request) if hparams.subject_anchor else None
+    draw = _draw_loc(layer, tok, request, hparams, anchors)
     # cached irrelevant rows, also for a layout the fast path does not know (stack None);
     # the reference path (fast_path false) runs them through the model instead
     loc = _loc_rows(model, layer, tok, draw, lower) if hparams.fast_path else _loc_tokens(layer, tok, draw, device)
@@ -152,8 +189,7 @@ def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
         if stack is not None and layer.caches.kwargs_shared else []
     result = train_edit(model, layer, stack, batch, loc, hparams, rehearsed)
     layer.book.memory.append((request["prompt"], request["target_new"]))
-    layer.book.anchors.add(len(layer.book.group_thresholds),
-                           subject_anchors(tok, request) if hparams.subject_anchor else None)
+    layer.book.anchors.add(len(layer.book.group_thresholds), anchors)
     if result.block_input is not None:
         layer.caches.block_inputs[batch.text] = result.block_input
     layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,

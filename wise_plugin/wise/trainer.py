@@ -315,6 +315,19 @@ def _edit_balanced_weights(label_rows: torch.Tensor, first_rehearsed: int) -> to
     return 1.0 / (counts[edit_of_token].float() * n_edits)
 
 
+def rows_meet(flags: torch.Tensor, rows: torch.Tensor, share: float) -> bool:
+    """Whether, in every row that has tokens among ``flags`` (one bool per target token, its row in
+    ``rows``), at least ``share`` of them are set: the stop rules' test, per edit row, so that one
+    forgotten short edit is not hidden by the many tokens of the others."""
+    if flags.numel() == 0:
+        return True
+    rows = rows.to(flags.device)
+    counts = torch.bincount(rows)
+    hits = torch.bincount(rows, weights=flags.float())
+    present = counts > 0
+    return bool((hits[present] >= share * counts[present] - 1e-6).all())
+
+
 def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], batch: EditBatch,
                loc: tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor], hparams: WISEHyperParams,
                rehearsed: Sequence[torch.Tensor] = ()) -> EditResult:
@@ -355,11 +368,14 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
             act = activation_loss(s_edit, s_loc.to(s_edit.device), hparams.alpha, hparams.beta, hparams.gamma)
             edit_loss, act_loss = ce.item(), act.item()
             separated = s_loc.numel() == 0 or hparams.act_ratio * s_edit.detach().min().item() > s_loc.detach().max().item()
-            new_learned = hparams.stop_token_prob is not None and bool(
-                (token_ce[new_tokens] < -math.log(hparams.stop_token_prob)).all())
-            kept = bool(forward.is_top[rehearsed_tokens.to(forward.is_top.device)].all())
+            share = hparams.stop_token_share
+            new_learned = hparams.stop_token_prob is not None and rows_meet(
+                token_ce[new_tokens] < -math.log(hparams.stop_token_prob), batch.label_rows[new_tokens], share)
+            is_top = forward.is_top
+            kept = rows_meet(is_top[rehearsed_tokens.to(is_top.device)], batch.label_rows[rehearsed_tokens], share)
             learned = edit_loss < hparams.stop_loss or (new_learned and kept)
-            greedy_ok = kept and separated and bool(forward.is_top[new_tokens.to(forward.is_top.device)].all())
+            greedy_ok = kept and separated and rows_meet(is_top[new_tokens.to(is_top.device)],
+                                                         batch.label_rows[new_tokens], share)
             ready_at = (ready_at or iterations) if greedy_ok else None
             if learned and separated:
                 break  # target learned and this edit already routes apart from the irrelevant rows
