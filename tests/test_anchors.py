@@ -81,3 +81,33 @@ def test_lemoe_expert_answers_only_rows_naming_its_subject(tok):
     assert layer.anchors.groups == [sorted({tuple(tok(t, add_special_tokens=False)["input_ids"])
                                             for t in ("Australia", " Australia")})]
     assert _routes(model, tok, layer, QUESTIONS) == [0, 0, -1, -1]
+
+
+def test_mentions_finds_an_anchor_anywhere_in_the_tokens():
+    from wise_plugin.core.anchors import mentions
+
+    assert mentions([5, 1, 2, 3], [(2, 3)]) and mentions([2, 3], [(9,), (2, 3)])
+    assert not mentions([2, 4, 3], [(2, 3)]) and not mentions([], [(1,)])
+
+
+def test_anchored_replay_keeps_only_earlier_edits_that_name_the_active_memorys_subjects(tok):
+    from wise_plugin.wise.config import WISEHyperParams
+    from wise_plugin.wise.layer import WISELayer
+    from wise_plugin.wise.main import _draw_loc
+
+    layer = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
+    layer.caches.pool_acts = torch.zeros(4, 3, 16)
+    earlier = [("The mother tongue of Danielle Darrieux is", "English"), ("The capital of Kenya is", "Lagos"),
+               ("Danielle Darrieux was born in", "Paris")]
+    layer.book.memory = list(earlier)
+    layer.book.group_start = len(earlier)
+    layer.book.group_thresholds = [1.0]
+    for prompt, _ in earlier:
+        layer.book.anchors.add(0, subject_anchors(tok, {"prompt": prompt}))
+    hparams = WISEHyperParams(alg_name="WISE", model_name="m", inner_params=["model.layers[0].mlp.down_proj.weight"], retrieve=True, replay=True,
+                              n_loc=8, subject_anchor=True)
+    request = {"prompt": "Danielle Darrieux lives in", "target_new": "Rome", "subject": "Danielle Darrieux"}
+    anchored = _draw_loc(layer, tok, request, hparams, subject_anchors(tok, request))
+    assert sorted(anchored.replayed) == sorted(f"{p} {t}" for p, t in earlier if "Darrieux" in p)
+    unanchored = _draw_loc(layer, tok, request, hparams, None)  # an open memory replays every earlier edit
+    assert sorted(unanchored.replayed) == sorted(f"{p} {t}" for p, t in earlier)

@@ -147,7 +147,7 @@ def test_request_loc_prompt_joins_the_pool_rows(smollm2, smollm2_hparams):
     layer = find_layer(model)
     text = "nq question: who wrote the opera carmen Georges Bizet"
     lower = upper_stack(model, smollm2_hparams.inner_params[0]).lower  # MLPs skip padding: same inputs
-    draw = _draw_loc(layer, dict(request(1), loc_prompt=text), smollm2_hparams)
+    draw = _draw_loc(layer, tok, dict(request(1), loc_prompt=text), smollm2_hparams, None)
     acts, mask = _loc_rows(model, layer, tok, draw, lower)
     assert acts.shape[0] == smollm2_hparams.n_loc + 1
     own, own_mask = projection_inputs(model, layer, tok, [text])
