@@ -83,13 +83,6 @@ def test_lemoe_expert_answers_only_rows_naming_its_subject(tok):
     assert _routes(model, tok, layer, QUESTIONS) == [0, 0, -1, -1]
 
 
-def test_mentions_finds_an_anchor_anywhere_in_the_tokens():
-    from wise_plugin.core.anchors import mentions
-
-    assert mentions([5, 1, 2, 3], [(2, 3)]) and mentions([2, 3], [(9,), (2, 3)])
-    assert not mentions([2, 4, 3], [(2, 3)]) and not mentions([], [(1,)])
-
-
 def test_anchored_replay_keeps_only_earlier_edits_that_name_the_active_memorys_subjects(tok):
     from wise_plugin.wise.config import WISEHyperParams
     from wise_plugin.wise.layer import WISELayer

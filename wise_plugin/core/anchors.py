@@ -30,14 +30,6 @@ def subject_anchors(tok: Any, request: dict[str, Any]) -> Optional[list[Anchor]]
     return sorted(v for v in variants if v)
 
 
-def mentions(tokens: Sequence[int], anchors: Sequence[Anchor]) -> bool:
-    """Whether the token sequence ``tokens`` contains one of ``anchors``."""
-    tokens = list(tokens)
-    return any(tokens[start:start + len(anchor)] == list(anchor)
-               for anchor in anchors for start in range(len(tokens) - len(anchor) + 1)
-               if tokens[start] == anchor[0])
-
-
 class AnchorIndex:
     """Anchors of each memory, and which memories a batch of rows mentions.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import random
 import time
@@ -14,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from wise_plugin.core.anchors import Anchor, mentions, subject_anchors
+from wise_plugin.core.anchors import Anchor, AnchorIndex, subject_anchors
 from wise_plugin.core.requests import check_call
 from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.wise.config import WISEHyperParams
@@ -88,13 +89,19 @@ def _draw_loc(layer: WISELayer, tok: Any, request: dict[str, Any], hparams: WISE
     rows = pick_pool_rows(layer.caches.pool_acts.shape[0], hparams.n_loc, hparams.seed + layer.book.edits)
     given = request.get("loc_prompt")
     given = ([given] if isinstance(given, str) else list(given)) if given else []
-    earlier = [layer.book.memory[i] for i in layer.book.replay_reservoir(hparams.replay_pool)]
-    active = layer.book.anchors.groups[len(layer.book.group_thresholds):][:1]
-    gate = None if anchors is None or (active and active[0] is None) else list(anchors) + list(active[0] if active else [])
-    if gate is not None:
-        earlier = [(p, t) for p, t in earlier if mentions(tok(f"{p} {t}", add_special_tokens=False)["input_ids"], gate)]
     replayed = []
-    if hparams.retrieve and hparams.replay and earlier:
+    if not (hparams.retrieve and hparams.replay):
+        return LocDraw(rows, given, replayed)
+    earlier = [layer.book.memory[i] for i in layer.book.replay_reservoir(hparams.replay_pool)]
+    groups, active = layer.book.anchors.groups, len(layer.book.group_thresholds)
+    active_anchors = groups[active] if active < len(groups) else []  # None: the active memory is open
+    if anchors is not None and active_anchors is not None and earlier:
+        gate = AnchorIndex()
+        gate.add(0, list(anchors) + list(active_anchors))
+        encoded = tok([f"{p} {t}" for p, t in earlier], add_special_tokens=False, padding=True, return_tensors="pt")
+        named = gate.hits(encoded["input_ids"], encoded["attention_mask"], 1)[:, 0].tolist()
+        earlier = [edit for edit, keep in zip(earlier, named) if keep]
+    if earlier:
         drawn = random.Random(hparams.seed - layer.book.edits).sample(earlier, k=min(hparams.n_loc, len(earlier)))
         replayed = [f"{prompt} {target}" for prompt, target in drawn]
     return LocDraw(rows, given, replayed)
@@ -155,10 +162,8 @@ def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay
     used = length(f"{request['prompt']} {request['target_new']}")
     kept_prefixes: list[str] = []
     kept_replay: list[tuple[str, str]] = []
-    queue = [("prefix", p) for p in prefixes]
-    turns = [item for pair in zip(queue, [("replay", r) for r in replay]) for item in pair]
-    turns += queue[len(replay):] + [("replay", r) for r in replay[len(queue):]]
-    for kind, item in turns:
+    pairs = itertools.zip_longest([("prefix", p) for p in prefixes], [("replay", r) for r in replay])
+    for kind, item in (turn for pair in pairs for turn in pair if turn is not None):
         text = f"{item}{request['prompt']} {request['target_new']}" if kind == "prefix" else f"{item[0]} {item[1]}"
         cost = length(text)
         if used + cost > budget:
