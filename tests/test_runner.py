@@ -333,6 +333,22 @@ def test_near_miss_prompts_swap_the_subject_within_the_relation():
     assert all("David Robinson" not in p for p in swaps)
 
 
+@pytest.mark.parametrize("dataset, path", [("hallucination", "wise/hallucination/hallucination-edit.json"),
+                                           ("temporal", "wise/temporal/temporal-edit.json")])
+def test_passage_records_pass_their_subject_and_get_no_near_misses(dataset, path):
+    """Without the file's subject an editor guesses one from the passage ("This is a Wikipedia
+    passage about ...") and every memory anchors on the same words."""
+    path = os.path.join(SHARED_DATA, path)
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not on this machine")
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)[:5]
+    requests = load_requests(dataset, path)[:5]
+    assert [r.get("subject") for r in requests] == [x["subject"] if x["subject"] in x["prompt"] else None for x in raw]
+    assert any(r.get("subject") for r in requests)
+    assert not any(r.get("near_miss") for r in requests)
+
+
 def test_near_miss_locality_is_one_when_nothing_changes_and_drops_when_the_model_does(tiny_yamls, smollm2_path):
     """The protocol's near-miss score on a real (tiny) model: an edit that changes nothing keeps every
     continuation; one that scales the output head changes them. The editor never sees the prompts."""

@@ -23,7 +23,11 @@ from typing import Any, Optional, Sequence
 
 # datasets whose locality prompt is a near miss of the edit (same relation, other subject)
 LOCALITY_IS_NEAR_MISS = ("counterfact", "builtin")
-PROMPT_KEY = {"zsre": "src", "counterfact": "prompt", "builtin": "prompt"}
+PROMPT_KEY = {"zsre": "src", "counterfact": "prompt", "builtin": "prompt", "hallucination": "prompt",
+              "temporal": "prompt"}
+# Near misses are built for question-like prompts only: a passage with its subject swapped is not a
+# neighbouring fact. Hallucination and temporal records still pass their subject to the editor.
+NEAR_MISS_DATASETS = ("zsre", "counterfact", "builtin")
 
 
 def subjects_by_prompt(path: str, dataset: str) -> dict[str, str]:
@@ -63,6 +67,8 @@ def near_miss_prompts(request: dict[str, Any], dataset: str, subjects: dict[str,
 def attach_near_miss(requests: Sequence[dict[str, Any]], dataset: str, path: Optional[str],
                      swaps: int = 2, seed: int = 0) -> list[list[str]]:
     """Near-miss prompts of every request (an empty list where there are none)."""
+    if dataset not in NEAR_MISS_DATASETS:
+        return [[] for _ in requests]
     subjects = subjects_by_prompt(path, dataset) if path else {}
     by_template: dict[str, list[str]] = {}
     for prompt, subject in subjects.items():

@@ -226,13 +226,15 @@ class WISELayer(nn.Module):
 
     def finish_edit(self, score: float, act_ratio: float, save_freq: Optional[int], merge_freq: int,
                     merge_alg: str, densities: Optional[float], weights: Optional[float],
-                    probe: Optional[Probe] = None) -> None:
-        """After one edit: the threshold (see ``MemoryBook.record_edit``), then shard save and merge."""
+                    probe: Optional[Probe] = None, close_memory: bool = False) -> None:
+        """After one edit: the threshold (see ``MemoryBook.record_edit``), then shard save and merge.
+        ``close_memory`` saves and merges now, before the next multiple of ``merge_freq`` (a memory
+        whose edits no longer fit the row budget, see ``wise.main._memory_full``)."""
         book = self.book
         book.record_edit(score, act_ratio, probe, self.probe_scores)
-        if save_freq is not None and book.edits % save_freq == 0:
+        if save_freq is not None and (book.edits % save_freq == 0 or close_memory):
             book.save_shard(self.side_weight)
-        if save_freq is not None and book.edits % merge_freq == 0:
+        if save_freq is not None and (book.edits % merge_freq == 0 or close_memory):
             self._merge(merge_alg, densities, weights)
 
     @torch.no_grad()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import random
 import time
@@ -153,27 +152,41 @@ def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hpara
 
 def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay: list[tuple[str, str]],
               budget: Optional[int]) -> tuple[list[str], list[tuple[str, str]]]:
-    """The prefixed copies of the edit and the rehearsed edits that fit in ``budget`` tokens beside
-    the bare edit row, taken in turn (a prefix, a rehearsed edit, ...). A long target (a passage)
-    then trains on a few rows instead of twenty full-length ones; short ones keep them all."""
+    """The rehearsed edits, then the prefixed copies of the edit, that fit in ``budget`` tokens beside
+    the bare edit row. A long edit (a passage) then trains on a few rows instead of twenty
+    full-length ones; short ones keep them all. Rehearsed edits come first: they are what keeps the
+    earlier edits of the memory from being overwritten, while a passage already gives the edit its
+    own context."""
     if budget is None:
         return list(prefixes), replay
     length = lambda text: len(tok(text)["input_ids"])  # noqa: E731
     used = length(f"{request['prompt']} {request['target_new']}")
-    kept_prefixes: list[str] = []
     kept_replay: list[tuple[str, str]] = []
-    pairs = itertools.zip_longest([("prefix", p) for p in prefixes], [("replay", r) for r in replay])
-    for kind, item in (turn for pair in pairs for turn in pair if turn is not None):
-        text = f"{item}{request['prompt']} {request['target_new']}" if kind == "prefix" else f"{item[0]} {item[1]}"
-        cost = length(text)
-        if used + cost > budget:
-            continue
-        used += cost
-        if kind == "prefix":
-            kept_prefixes.append(item)
-        else:
-            kept_replay.append(item)
+    for prompt, target in replay:
+        cost = length(f"{prompt} {target}")
+        if used + cost <= budget:
+            used += cost
+            kept_replay.append((prompt, target))
+    kept_prefixes: list[str] = []
+    for prefix in prefixes:
+        cost = length(f"{prefix}{request['prompt']} {request['target_new']}")
+        if used + cost <= budget:
+            used += cost
+            kept_prefixes.append(prefix)
     return kept_prefixes, kept_replay
+
+
+def _memory_full(tok: Any, layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParams) -> bool:
+    """Whether the active WISE-Retrieve memory must close before its ``merge_freq`` edits: the next
+    edit (taken as long as this one) could no longer rehearse all of its edits within
+    ``row_token_budget``. Dropping rehearsed rows lets a new edit overwrite the memory's earlier
+    ones, so with long edits (passages) memories hold fewer edits instead."""
+    if hparams.row_token_budget is None or not hparams.retrieve or hparams.save_freq is None:
+        return False
+    length = lambda text: len(tok(text)["input_ids"])  # noqa: E731
+    group = layer.book.active_edits()[-hparams.rehearse:] if hparams.rehearse else []
+    needed = length(f"{request['prompt']} {request['target_new']}") + sum(length(f"{p} {t}") for p, t in group)
+    return needed > hparams.row_token_budget
 
 
 def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, Any], hparams: WISEHyperParams,
@@ -199,7 +212,8 @@ def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
         layer.caches.block_inputs[batch.text] = result.block_input
     layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
                       hparams.merge_alg, hparams.densities, hparams.weights,
-                      result.probe if hparams.refresh_threshold else None)
+                      result.probe if hparams.refresh_threshold else None,
+                      close_memory=_memory_full(tok, layer, request, hparams))
     logger.info("WISE edit %d (%r -> %r): %d iterations, %.1f s, edit loss %.3f, score %.2f, thresholds %s",
                 layer.book.edits, request["prompt"], request["target_new"], result.iterations,
                 time.perf_counter() - start, result.edit_loss, result.score,
