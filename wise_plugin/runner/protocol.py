@@ -287,9 +287,10 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     if partial is not None and partial.before is not None:  # a resumed chunk: scored before its first edit
         before, near_before = partial.before, partial.near_before
     else:
-        before = [_score(editor, r, fmt.eval_metric, options.eval_target_tokens)
-                  for r in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress)]
-        near_before = [_near_miss_answers(editor, r, options.near_miss_tokens) for r in requests]
+        before, near_before = [], []
+        for request in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress, leave=False):
+            before.append(_score(editor, request, fmt.eval_metric, options.eval_target_tokens))
+            near_before.append(_near_miss_answers(editor, request, options.near_miss_tokens))
         if partial is not None:
             partial.save_before(before, near_before)
     eval_seconds = time.perf_counter() - eval_start
@@ -297,7 +298,8 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
     eval_start = time.perf_counter()
     records = []
-    scored = tqdm(list(zip(requests, before)), desc="scoring after all edits", unit="edit", disable=not progress)
+    scored = tqdm(list(zip(requests, before)), desc="scoring after all edits", unit="edit", disable=not progress,
+                  leave=False)
     for offset, (request, pre) in enumerate(scored):
         record = _record(request, first_index + offset, fmt, pre,
                          _score(editor, request, fmt.eval_metric, options.eval_target_tokens), options)
@@ -378,7 +380,8 @@ def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
     costs: dict[str, Any] = {}
     try:
         records, edit_seconds, eval_seconds = score_stream(editor, requests, fmt, options, apply,
-                                                           options.start + chunk.start, partial=partial)
+                                                           options.start + chunk.start, partial=partial,
+                                                           progress=options.progress)
         costs.update(memory_kept(editor, kind) or {})
         if kind and plain_models is not None and chunk.t >= OVERHEAD_MIN_T:
             editor.model.eval()
