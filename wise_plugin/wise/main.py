@@ -150,6 +150,11 @@ def _setup(model: nn.Module, layer: WISELayer, tok: Any, inner_param: str, hpara
     layer.caches.pool_texts, layer.caches.pool_acts, layer.caches.pool_mask = pool, pool_acts, pool_mask
 
 
+def _row_tokens(tok: Any, text: str) -> int:
+    """Tokens of one edit row's text, as the row budget counts them (``_fit_rows``, ``_memory_full``)."""
+    return len(tok(text)["input_ids"])
+
+
 def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay: list[tuple[str, str]],
               budget: Optional[int]) -> tuple[list[str], list[tuple[str, str]]]:
     """The rehearsed edits, then the prefixed copies of the edit, that fit in ``budget`` tokens beside
@@ -159,17 +164,16 @@ def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay
     own context."""
     if budget is None:
         return list(prefixes), replay
-    length = lambda text: len(tok(text)["input_ids"])  # noqa: E731
-    used = length(f"{request['prompt']} {request['target_new']}")
+    used = _row_tokens(tok, f"{request['prompt']} {request['target_new']}")
     kept_replay: list[tuple[str, str]] = []
     for prompt, target in replay:
-        cost = length(f"{prompt} {target}")
+        cost = _row_tokens(tok, f"{prompt} {target}")
         if used + cost <= budget:
             used += cost
             kept_replay.append((prompt, target))
     kept_prefixes: list[str] = []
     for prefix in prefixes:
-        cost = length(f"{prefix}{request['prompt']} {request['target_new']}")
+        cost = _row_tokens(tok, f"{prefix}{request['prompt']} {request['target_new']}")
         if used + cost <= budget:
             used += cost
             kept_prefixes.append(prefix)
@@ -183,9 +187,9 @@ def _memory_full(tok: Any, layer: WISELayer, request: dict[str, Any], hparams: W
     ones, so with long edits (passages) memories hold fewer edits instead."""
     if hparams.row_token_budget is None or not hparams.retrieve or hparams.save_freq is None:
         return False
-    length = lambda text: len(tok(text)["input_ids"])  # noqa: E731
     group = layer.book.active_edits()[-hparams.rehearse:] if hparams.rehearse else []
-    needed = length(f"{request['prompt']} {request['target_new']}") + sum(length(f"{p} {t}") for p, t in group)
+    needed = _row_tokens(tok, f"{request['prompt']} {request['target_new']}") \
+        + sum(_row_tokens(tok, f"{p} {t}") for p, t in group)
     return needed > hparams.row_token_budget
 
 
