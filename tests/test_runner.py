@@ -424,3 +424,46 @@ def test_a_chunk_interrupted_after_a_checkpoint_resumes_with_the_uninterrupted_r
     pick = lambda result: [{k: r.get(k) for k in keys} for r in result["chunks"][0]["records"]]  # noqa: E731
     assert pick(resumed) == pick(straight)
     assert paper_table(resumed) == paper_table(straight)
+
+
+def test_unedited_scores_are_taken_once_per_request_and_equal_each_editors_own(full_run, tiny_yamls, smollm2_path):
+    """Every chunk starts from the unedited model, so its scores before the edits are shared by all
+    T and editors (here WISE, a plugin editor, and FT, a host editor): one stored line per request.
+    Each stored score equals what either editor takes on its own freshly built model."""
+    from wise_plugin.runner.baseline import BaselineScores, scoring_profile
+    from wise_plugin.runner.editors import build_editor
+    from wise_plugin.runner.partial import json_ready
+    from wise_plugin.runner.protocol import _near_miss_answers, _score, with_loc_prompts
+
+    _, out, _ = full_run
+    fmt = dataset_format("builtin")
+    store = BaselineScores(out, {"dataset": fmt.name, "eval_metric": fmt.eval_metric,
+                                 "eval_target_tokens": OPTIONS.eval_target_tokens,
+                                 "near_miss_tokens": OPTIONS.near_miss_tokens})
+    sample = with_loc_prompts(select_sample(load_requests("builtin"), OPTIONS), OPTIONS)
+    specs = load_specs(tiny_yamls)
+    keys = {spec.label: [store.key(r, scoring_profile(spec.hparams, spec.model_name)) for r in sample] for spec in specs}
+    assert keys["WISE"] == keys["FT"] and all(key in store.lines for key in keys["WISE"])
+    for spec in specs:
+        editor = build_editor(spec, TinyModels(smollm2_path))
+        own = [(json_ready(_score(editor, r, fmt.eval_metric, OPTIONS.eval_target_tokens)),
+                json_ready(_near_miss_answers(editor, r, OPTIONS.near_miss_tokens))) for r in sample]
+        assert [tuple(store.lines[key]) for key in keys[spec.label]] == own, spec.label
+
+
+def test_unedited_scores_are_kept_apart_where_the_host_scores_differently(tmp_path):
+    """The host scores GRACE by free generation: its unedited scores are not shared with others."""
+    from types import SimpleNamespace
+
+    from wise_plugin.runner.baseline import BaselineScores, scoring_profile
+
+    store = BaselineScores(str(tmp_path), {"dataset": "zsre"})
+    request = load_requests("builtin")[0]
+    wise = scoring_profile(SimpleNamespace(alg_name="WISE"), "m")
+    assert store.key(request, wise) == store.key(request, scoring_profile(SimpleNamespace(alg_name="FT"), "m"))
+    assert store.key(request, wise) != store.key(request, scoring_profile(SimpleNamespace(alg_name="GRACE"), "m"))
+    assert store.key(request, wise) != store.key(request, scoring_profile(SimpleNamespace(alg_name="WISE"), "other"))
+    taken = []
+    first = store.get(request, wise, lambda: taken.append(1) or ({"rewrite_acc": [1.0]}, [[3, 4]]))
+    again = BaselineScores(str(tmp_path), {"dataset": "zsre"}).get(request, wise, lambda: taken.append(2))
+    assert taken == [1] and first == again == ({"rewrite_acc": [1.0]}, [[3, 4]])

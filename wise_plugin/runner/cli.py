@@ -9,6 +9,7 @@ join, e.g. its WISE as ``hparams/WISE-upstream/smollm2-135m.yaml`` and ``hparams
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
@@ -57,7 +58,7 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                          help="save WISE/LEMoE progress inside a chunk every K edits, so that rerunning the command "
                               "after an interruption continues the chunk (default: chunks start over)")
-    compare.add_argument("--fresh", action="store_true", help="discard stored chunks in --out instead of resuming")
+    compare.add_argument("--fresh", action="store_true", help="discard stored chunks and unedited-model scores in --out instead of resuming")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -70,6 +71,7 @@ def _machine() -> str:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Check every input, run or resume the comparison, write the reports, print the table."""
+    from wise_plugin.runner.baseline import BASELINE_FILE
     from wise_plugin.runner.datasets import BUILTIN, dataset_format, load_requests
     from wise_plugin.runner.editors import load_specs
     from wise_plugin.runner.errors import RunnerInputError
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         os.remove(stored)
     if args.fresh:
         shutil.rmtree(os.path.join(args.out, PARTIAL_DIR), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.out, BASELINE_FILE))
     result = run_comparison(specs, requests, fmt, options, args.out)
     meta = {"command": "wise-plugin " + shlex.join(argv), "data": args.data or "built-in compare_edits.json",
             "model": specs[0].model_name, "machine": _machine()}

@@ -33,12 +33,12 @@ PARTIAL_DIR = "partial"
 PROGRESS = "progress.json"
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready copies of the host's score dicts (numpy scalars and arrays become numbers and lists)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -96,7 +96,7 @@ class PartialChunk:
         progress = {"edits_done": done, "editor": editor_folder, "edit_seconds": self.edit_seconds[:done],
                     "before": self.before, "near_before": self.near_before,
                     "random": list(random.getstate()), "torch": torch.get_rng_state().tolist(),
-                    "numpy": [numpy_state[0], numpy_state[1].tolist(), *[_plain(v) for v in numpy_state[2:]]]}
+                    "numpy": [numpy_state[0], numpy_state[1].tolist(), *[json_ready(v) for v in numpy_state[2:]]]}
         write_atomic(os.path.join(self.folder, PROGRESS), json.dumps(progress).encode("utf-8"))
         for name in os.listdir(self.folder):  # editor folders of earlier saves
             if name.startswith("editor-") and name != editor_folder:
@@ -105,7 +105,7 @@ class PartialChunk:
     def save_before(self, before: list[Any], near_before: list[Any]) -> None:
         """Keep the scores taken on the unedited model (a resumed chunk cannot take them again)."""
         os.makedirs(self.folder, exist_ok=True)
-        self.before, self.near_before = _plain(before), _plain(near_before)
+        self.before, self.near_before = json_ready(before), json_ready(near_before)
         self._commit(0, None)
 
     def after_edit(self, editor: Any, done: int, total: int) -> None:

@@ -38,6 +38,7 @@ from wise_plugin.runner.datasets import DatasetFormat
 from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.host.guard import editor_parts, plugin_kind
 from wise_plugin.runner.errors import RunnerInputError
+from wise_plugin.runner.baseline import BaselineScores, scoring_profile
 from wise_plugin.runner.partial import PartialChunk
 from wise_plugin.wise.caches import SetupCache
 
@@ -276,11 +277,13 @@ def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
 def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFormat, options: RunOptions,
                  apply: Callable[[Sequence[dict[str, Any]]], Sequence[float]], first_index: int = 0,
                  progress: bool = False, generation: bool = True,
-                 partial: Optional[PartialChunk] = None) -> tuple[list[dict[str, Any]], float, float]:
+                 partial: Optional[PartialChunk] = None,
+                 baseline: Optional[BaselineScores] = None) -> tuple[list[dict[str, Any]], float, float]:
     """The lifelong protocol on one stream: score every request on the unedited model, ``apply``
     them all (it returns edit seconds, one per request or one in all), then score every request
     again; locality is agreement with the unedited model's tokens, near-miss locality the share of a
-    request's ``near_miss`` prompts whose greedy continuation is unchanged. With ``generation`` and short
+    request's ``near_miss`` prompts whose greedy continuation is unchanged; ``baseline`` keeps the
+    unedited scores of each request for the other chunks that need them. With ``generation`` and short
     targets each record also gets the greedy and WILD-style answers. Returns the per-request records
     (index ``first_index`` on), the edit seconds and the scoring seconds."""
     eval_start = time.perf_counter()
@@ -288,9 +291,14 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
         before, near_before = partial.before, partial.near_before
     else:
         before, near_before = [], []
+        profile = scoring_profile(editor.hparams, editor.model_name)
         for request in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress, leave=False):
-            before.append(_score(editor, request, fmt.eval_metric, options.eval_target_tokens))
-            near_before.append(_near_miss_answers(editor, request, options.near_miss_tokens))
+            def take(request: dict[str, Any] = request) -> tuple[dict[str, Any], list[list[int]]]:
+                return (_score(editor, request, fmt.eval_metric, options.eval_target_tokens),
+                        _near_miss_answers(editor, request, options.near_miss_tokens))
+            score, near = baseline.get(request, profile, take) if baseline is not None else take()
+            before.append(score)
+            near_before.append(near)
         if partial is not None:
             partial.save_before(before, near_before)
     eval_seconds = time.perf_counter() - eval_start
@@ -344,13 +352,15 @@ def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
               options: RunOptions, model_factory: Optional[ModelFactory] = None,
               bar: Optional[tqdm] = None, setup_cache: Optional[SetupCache] = None,
               out_dir: Optional[str] = None, key: Optional[str] = None,
-              plain_models: Optional[PlainModels] = None) -> dict[str, Any]:
+              plain_models: Optional[PlainModels] = None,
+              baseline: Optional[BaselineScores] = None) -> dict[str, Any]:
     """Edit the chunk's requests on a fresh editor, then score all of them; returns the chunk's line.
     With ``options.checkpoint_every`` a plugin editor's progress is kept in ``out_dir`` and a rerun
     continues it (:mod:`wise_plugin.runner.partial`). For the plugin's editors the line also holds
     the memory the editor keeps after the chunk and, for chunks of ``OVERHEAD_MIN_T`` edits or more
     with ``plain_models``, the inference overhead against the unedited model
-    (:mod:`wise_plugin.runner.cost`)."""
+    (:mod:`wise_plugin.runner.cost`). ``baseline`` shares the unedited-model scores between chunks
+    (:mod:`wise_plugin.runner.baseline`)."""
     _seed(options.seed)
     editor = build_editor(spec, model_factory)
     _check_lengths(editor, requests, options.start + chunk.start)
@@ -381,7 +391,7 @@ def run_chunk(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
     try:
         records, edit_seconds, eval_seconds = score_stream(editor, requests, fmt, options, apply,
                                                            options.start + chunk.start, partial=partial,
-                                                           progress=options.progress)
+                                                           progress=options.progress, baseline=baseline)
         costs.update(memory_kept(editor, kind) or {})
         if kind and plain_models is not None and chunk.t >= OVERHEAD_MIN_T:
             editor.model.eval()
@@ -433,16 +443,21 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
     bar = tqdm(total=sum(c.t for _, c, _ in todo), unit="edit", desc="lifelong edits", disable=not options.progress)
     setup_cache = SetupCache()  # every chunk starts from the same unedited weights
     plain_models = PlainModels(lambda spec: build_editor(spec, model_factory))  # for the overhead timings
+    baseline = BaselineScores(out_dir, {"dataset": fmt.name, "eval_metric": fmt.eval_metric,
+                                        "eval_target_tokens": options.eval_target_tokens,
+                                        "near_miss_tokens": options.near_miss_tokens})
     try:
         for spec, chunk, key in todo:
             bar.set_postfix_str(f"{spec.label} T={chunk.t} chunk {chunk.index + 1}/{len(sample) // chunk.t}")
             line = run_chunk(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, model_factory, bar, setup_cache,
-                             out_dir, key, plain_models)
+                             out_dir, key, plain_models, baseline)
             line["key"] = key
             store.add(line)
             PartialChunk.remove(out_dir, key)
     finally:
         bar.close()
+    if baseline.hits:
+        logger.info("%d unedited-model scores were read from %s instead of taken again", baseline.hits, baseline.path)
     ordered = [store.lines[key] for _, _, key in jobs]
     summary = []
     for spec in specs:
