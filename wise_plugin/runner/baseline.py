@@ -51,6 +51,7 @@ class BaselineScores:
     """Unedited-model scores by request, read from and appended to ``<out>/baseline.jsonl``."""
 
     def __init__(self, out_dir: str, settings: dict[str, Any]) -> None:
+        os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, BASELINE_FILE)
         self.settings = {**settings, "host": _host_identity(), "version": BASELINE_VERSION}
         self.lines: dict[str, Scores] = {}
