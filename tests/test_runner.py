@@ -467,3 +467,25 @@ def test_unedited_scores_are_kept_apart_where_the_host_scores_differently(tmp_pa
     first = store.get(request, wise, lambda: taken.append(1) or ({"rewrite_acc": [1.0]}, [[3, 4]]))
     again = BaselineScores(str(tmp_path), {"dataset": "zsre"}).get(request, wise, lambda: taken.append(2))
     assert taken == [1] and first == again == ({"rewrite_acc": [1.0]}, [[3, 4]])
+
+
+def test_a_near_miss_that_is_a_prompt_of_the_stream_is_left_out(tiny_yamls, smollm2_path):
+    """At T = the whole file every swapped-in subject is edited too, and "What city was Y born?" may
+    be Y's own edit: such a prompt is an edit of the stream, and its change is no locality failure."""
+    from wise_plugin.runner.editors import build_editor
+    from wise_plugin.runner.protocol import score_stream
+
+    requests = [dict(r) for r in load_requests("builtin")[:2]]
+    requests[0]["near_miss"] = [requests[1]["prompt"], *requests[0]["near_miss"]]
+    editor = build_editor(load_specs(tiny_yamls[1:])[0], TinyModels(smollm2_path))
+
+    def scramble(stream):
+        with torch.no_grad():
+            torch.manual_seed(1)
+            editor.model.lm_head.weight.mul_(torch.randn_like(editor.model.lm_head.weight))
+        return [0.0] * len(stream)
+
+    records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scramble, generation=False)
+    assert records[0]["near_excluded"] == 1 and "near_excluded" not in records[1]
+    assert requests[1]["prompt"] not in records[0]["near_changed"]
+    assert records[0]["near"] < 1.0  # the other near misses are still scored

@@ -46,6 +46,7 @@ logger = logging.getLogger("wise_plugin")
 
 RESULTS_FILE = "chunks.jsonl"
 WILD_VERSION = 1  # enters the chunk key: chunks stored before the WILD score are recomputed
+NEAR_MISS_VERSION = 2  # enters the chunk key: 2 leaves out near misses that are prompts of the stream
 METRICS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_rel", "wild_rel", "wild_gen", "near")
 # short targets: "greedy output contains it" and the WILD exact match are meaningful
 GREEDY_FORMATS = ("zsre", "counterfact", "builtin")
@@ -128,7 +129,7 @@ def chunk_key(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
         "hparams": spec.fingerprint, "model": spec.model_name, "dataset": fmt.name,
         "requests": list(requests), "seed": options.seed, "eval_target_tokens": options.eval_target_tokens,
         "greedy_tokens": options.greedy_tokens, "ppl_clip": options.ppl_clip, "wild": WILD_VERSION,
-        "near_miss_tokens": options.near_miss_tokens,
+        "near_miss_tokens": options.near_miss_tokens, "near_miss_version": NEAR_MISS_VERSION,
     }, sort_keys=True, default=str)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{spec.label}|T={chunk.t}|chunk={chunk.index}|{digest}"
@@ -282,7 +283,8 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     """The lifelong protocol on one stream: score every request on the unedited model, ``apply``
     them all (it returns edit seconds, one per request or one in all), then score every request
     again; locality is agreement with the unedited model's tokens, near-miss locality the share of a
-    request's ``near_miss`` prompts whose greedy continuation is unchanged; ``baseline`` keeps the
+    request's ``near_miss`` prompts whose greedy continuation is unchanged (prompts that are edit or
+    rephrase prompts of the stream itself are left out); ``baseline`` keeps the
     unedited scores of each request for the other chunks that need them. With ``generation`` and short
     targets each record also gets the greedy and WILD-style answers. Returns the per-request records
     (index ``first_index`` on), the edit seconds and the scoring seconds."""
@@ -305,6 +307,8 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     edit_seconds = list(apply(requests))
     per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
     eval_start = time.perf_counter()
+    # a near-miss prompt that is itself a prompt of the stream is an edit, not a neighbour: it may change
+    edited = {prompt for r in requests for prompt in (r["prompt"], r.get("rephrase_prompt")) if prompt}
     records = []
     scored = tqdm(list(zip(requests, before)), desc="scoring after all edits", unit="edit", disable=not progress,
                   leave=False)
@@ -315,11 +319,14 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
             record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
             record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
             record.update(_wild(editor, request))
-        if near_before[offset]:
-            after = _near_miss_answers(editor, request, options.near_miss_tokens)
-            record["near"] = float(np.mean([a == b for a, b in zip(after, near_before[offset])]))
-            record["near_changed"] = [prompt for prompt, a, b in zip(request["near_miss"], after, near_before[offset])
-                                      if a != b]
+        kept = [(prompt, pre) for prompt, pre in zip(request.get("near_miss", []), near_before[offset])
+                if prompt not in edited]
+        if kept:
+            after = [greedy_ids(editor.model, editor.tok, prompt, options.near_miss_tokens) for prompt, _ in kept]
+            record["near"] = float(np.mean([a == pre for a, (_, pre) in zip(after, kept)]))
+            record["near_changed"] = [prompt for a, (prompt, pre) in zip(after, kept) if a != pre]
+        if len(kept) < len(near_before[offset]):
+            record["near_excluded"] = len(near_before[offset]) - len(kept)
         if per_request[offset] is not None:
             record["edit_seconds"] = per_request[offset]
         records.append(record)
