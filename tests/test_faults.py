@@ -442,3 +442,12 @@ def test_base_editor_refuses_a_missing_model_folder_with_a_message():
     hparams.model_name = "/nonexistent/model"
     with pytest.raises(HParamsError, match="model_name '/nonexistent/model' is not an existing folder"):
         base_editor().from_hparams(hparams)
+
+
+def test_a_fingerprint_reads_weights_larger_than_float32_counts_exactly():
+    """SmolLM2's embedding has 28,311,552 entries: a float32 position of its last entry rounds past
+    the end. Saving a LEMoE checkpoint of SmolLM2 (the runner's --checkpoint-every) failed there."""
+    weight = torch.arange(28_311_552, dtype=torch.float32).reshape(49152, 576)
+    fingerprint = checkpoint_files.weight_fingerprint(weight)
+    assert fingerprint.shape == (257,) and fingerprint[255] == weight.reshape(-1)[-1]
+    assert checkpoint_files.same_weights(fingerprint, checkpoint_files.weight_fingerprint(weight.clone()))

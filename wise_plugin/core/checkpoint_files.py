@@ -131,7 +131,9 @@ def weight_fingerprint(weight: torch.Tensor, n: int = 256) -> torch.Tensor:
     """A small float32 summary of a weight (``n`` entries at fixed positions and the norm): enough
     to tell another model's weights from the saved ones, tolerant of a change of dtype."""
     flat = weight.detach().reshape(-1).float().cpu()
-    positions = torch.linspace(0, flat.numel() - 1, min(n, flat.numel())).long()
+    # float32 positions, as saved checkpoints have them; past 2**24 entries (an embedding matrix of a
+    # 49k-token vocabulary) the last one rounds up beyond the end, hence the clamp
+    positions = torch.linspace(0, flat.numel() - 1, min(n, flat.numel())).long().clamp_(max=flat.numel() - 1)
     return torch.cat([flat[positions], flat.norm().reshape(1)])
 
 
