@@ -23,7 +23,7 @@ from wise_plugin.core.requests import EditRequestError
 from wise_plugin.evaluation import apply_overrides, example_parser
 from wise_plugin.hparams import HParamsError
 from wise_plugin.lemoe import find_layer as find_lemoe
-from wise_plugin.runner.protocol import ResultStore
+from wise_plugin.runner.store import ResultStore
 from wise_plugin.wise import find_layer, load_checkpoint, save_checkpoint
 from wise_plugin.wise import main as wise_main
 

@@ -21,7 +21,8 @@ from wise_plugin import cli
 from wise_plugin.runner import cli as compare_cli
 from wise_plugin.runner.datasets import dataset_format
 from wise_plugin.evaluation import contains_target
-from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, select_sample
+from wise_plugin.runner.protocol import RunOptions, select_sample
+from wise_plugin.runner.store import RESULTS_FILE
 
 pytestmark = pytest.mark.host  # everything here goes through the host's BaseEditor and metrics
 
@@ -349,6 +350,17 @@ def test_passage_records_pass_their_subject_and_get_no_near_misses(dataset, path
     assert not any(r.get("near_miss") for r in requests)
 
 
+def scrambler(editor):
+    """An ``apply`` for ``score_stream`` that edits nothing but scales the output head at random,
+    so that greedy continuations change."""
+    def scramble(stream):
+        with torch.no_grad():
+            torch.manual_seed(1)
+            editor.model.lm_head.weight.mul_(torch.randn_like(editor.model.lm_head.weight))
+        return [0.0] * len(stream)
+    return scramble
+
+
 def test_near_miss_locality_is_one_when_nothing_changes_and_drops_when_the_model_does(tiny_yamls, smollm2_path):
     """The protocol's near-miss score on a real (tiny) model: an edit that changes nothing keeps every
     continuation; one that scales the output head changes them. The editor never sees the prompts."""
@@ -366,13 +378,7 @@ def test_near_miss_locality_is_one_when_nothing_changes_and_drops_when_the_model
     records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, no_change, generation=False)
     assert [r["near"] for r in records] == [1.0, 1.0, 1.0] and all(r["near_changed"] == [] for r in records)
 
-    def scramble(stream):
-        with torch.no_grad():
-            torch.manual_seed(1)
-            editor.model.lm_head.weight.mul_(torch.randn_like(editor.model.lm_head.weight))
-        return [0.0] * len(stream)
-
-    records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scramble, generation=False)
+    records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scrambler(editor), generation=False)
     assert sum(r["near"] for r in records) < 3.0
     assert any(r["near_changed"] == [requests[i]["near_miss"][0]] for i, r in enumerate(records))
 
@@ -432,7 +438,7 @@ def test_unedited_scores_are_taken_once_per_request_and_equal_each_editors_own(f
     Each stored score equals what either editor takes on its own freshly built model."""
     from wise_plugin.runner.baseline import BaselineScores, scoring_profile
     from wise_plugin.runner.editors import build_editor
-    from wise_plugin.runner.partial import json_ready
+    from wise_plugin.runner.store import json_ready
     from wise_plugin.runner.protocol import _near_miss_answers, _score, with_loc_prompts
 
     _, out, _ = full_run
@@ -443,12 +449,13 @@ def test_unedited_scores_are_taken_once_per_request_and_equal_each_editors_own(f
     sample = with_loc_prompts(select_sample(load_requests("builtin"), OPTIONS), OPTIONS)
     specs = load_specs(tiny_yamls)
     keys = {spec.label: [store.key(r, scoring_profile(spec.hparams, spec.model_name)) for r in sample] for spec in specs}
-    assert keys["WISE"] == keys["FT"] and all(key in store.lines for key in keys["WISE"])
+    assert keys["WISE"] == keys["FT"] and all(key in store.store for key in keys["WISE"])
     for spec in specs:
         editor = build_editor(spec, TinyModels(smollm2_path))
         own = [(json_ready(_score(editor, r, fmt.eval_metric, OPTIONS.eval_target_tokens)),
-                json_ready(_near_miss_answers(editor, r, OPTIONS.near_miss_tokens))) for r in sample]
-        assert [tuple(store.lines[key]) for key in keys[spec.label]] == own, spec.label
+                json_ready(_near_miss_answers(editor, r.get("near_miss", []), OPTIONS.near_miss_tokens))) for r in sample]
+        stored = [store.store.lines[key] for key in keys[spec.label]]
+        assert [(line["score"], line["near"]) for line in stored] == own, spec.label
 
 
 def test_unedited_scores_are_kept_apart_where_the_host_scores_differently(tmp_path):
@@ -479,13 +486,7 @@ def test_a_near_miss_that_is_a_prompt_of_the_stream_is_left_out(tiny_yamls, smol
     requests[0]["near_miss"] = [requests[1]["prompt"], *requests[0]["near_miss"]]
     editor = build_editor(load_specs(tiny_yamls[1:])[0], TinyModels(smollm2_path))
 
-    def scramble(stream):
-        with torch.no_grad():
-            torch.manual_seed(1)
-            editor.model.lm_head.weight.mul_(torch.randn_like(editor.model.lm_head.weight))
-        return [0.0] * len(stream)
-
-    records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scramble, generation=False)
+    records, _, _ = score_stream(editor, requests, dataset_format("builtin"), OPTIONS, scrambler(editor), generation=False)
     assert records[0]["near_excluded"] == 1 and "near_excluded" not in records[1]
     assert requests[1]["prompt"] not in records[0]["near_changed"]
     assert records[0]["near"] < 1.0  # the other near misses are still scored

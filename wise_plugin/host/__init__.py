@@ -77,13 +77,17 @@ def select_host(path: str) -> str:
     return root
 
 
-def host_flavour() -> str:
-    """``"source"`` for a source-repository EasyEdit, ``"pypi"`` for the package-index release."""
+def host_root() -> str:
+    """The folder of the ``easyeditor`` package that imports here."""
     spec = importlib.util.find_spec("easyeditor")
     if spec is None or not spec.submodule_search_locations:
         raise HostImportError(f"EasyEdit (`easyeditor`) is not installed. {INSTALL_HINT}")
-    root = list(spec.submodule_search_locations)[0]
-    return "source" if os.path.isdir(os.path.join(root, "models", "wise")) else "pypi"
+    return list(spec.submodule_search_locations)[0]
+
+
+def host_flavour() -> str:
+    """``"source"`` for a source-repository EasyEdit, ``"pypi"`` for the package-index release."""
+    return "source" if os.path.isdir(os.path.join(host_root(), "models", "wise")) else "pypi"
 
 
 def enable_host() -> None:

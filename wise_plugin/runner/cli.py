@@ -76,7 +76,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     from wise_plugin.runner.editors import load_specs
     from wise_plugin.runner.errors import RunnerInputError
     from wise_plugin.runner.partial import PARTIAL_DIR
-    from wise_plugin.runner.protocol import RESULTS_FILE, RunOptions, run_comparison, select_sample
+    from wise_plugin.runner.protocol import RunOptions, run_comparison, select_sample
+    from wise_plugin.runner.store import RESULTS_FILE
     from wise_plugin.runner.report import detail_table, paper_table, write_reports
 
     name = args.dataset or (BUILTIN if args.data is None else "zsre")

@@ -26,24 +26,12 @@ import numpy as np
 import torch
 
 from wise_plugin.core.checkpoint_files import write_atomic
+from wise_plugin.runner.store import json_ready
 
 logger = logging.getLogger("wise_plugin")
 
 PARTIAL_DIR = "partial"
 PROGRESS = "progress.json"
-
-
-def json_ready(value: Any) -> Any:
-    """JSON-ready copies of the host's score dicts (numpy scalars and arrays become numbers and lists)."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class PartialChunk:

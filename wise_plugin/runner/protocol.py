@@ -20,7 +20,6 @@ import inspect
 import io
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -40,11 +39,11 @@ from wise_plugin.host.guard import editor_parts, plugin_kind
 from wise_plugin.runner.errors import RunnerInputError
 from wise_plugin.runner.baseline import BaselineScores, scoring_profile
 from wise_plugin.runner.partial import PartialChunk
+from wise_plugin.runner.store import ResultStore
 from wise_plugin.wise.caches import SetupCache
 
 logger = logging.getLogger("wise_plugin")
 
-RESULTS_FILE = "chunks.jsonl"
 WILD_VERSION = 1  # enters the chunk key: chunks stored before the WILD score are recomputed
 NEAR_MISS_VERSION = 2  # enters the chunk key: 2 leaves out near misses that are prompts of the stream
 METRICS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_rel", "wild_rel", "wild_gen", "near")
@@ -135,49 +134,6 @@ def chunk_key(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequ
     return f"{spec.label}|T={chunk.t}|chunk={chunk.index}|{digest}"
 
 
-class ResultStore:
-    """One JSON line per finished chunk in ``<out>/chunks.jsonl``, written as soon as it finishes."""
-
-    def __init__(self, out_dir: str) -> None:
-        os.makedirs(out_dir, exist_ok=True)
-        self.path = os.path.join(out_dir, RESULTS_FILE)
-        self.lines: dict[str, dict[str, Any]] = {}
-        if os.path.isfile(self.path):
-            self._repair()
-            with open(self.path, encoding="utf-8") as handle:
-                for number, text in enumerate(handle, 1):
-                    try:
-                        line = json.loads(text)
-                        self.lines[line["key"]] = line
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        logger.warning("%s: line %d is not a chunk record and is ignored", self.path, number)
-            logger.info("%s holds %d finished chunks", self.path, len(self.lines))
-
-    def _repair(self) -> None:
-        """Cut off a last line that an interrupted append left without its newline, so the next
-        append starts on a line of its own (that chunk is not counted as done and runs again)."""
-        with open(self.path, "rb+") as handle:
-            data = handle.read()
-            if not data or data.endswith(b"\n"):
-                return
-            keep = data.rfind(b"\n") + 1
-            handle.truncate(keep)
-            handle.flush()
-            os.fsync(handle.fileno())
-        logger.warning("%s: the last line was cut short by an interruption (%d bytes); removed, its chunk runs again",
-                       self.path, len(data) - keep)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.lines
-
-    def add(self, line: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.lines[line["key"]] = line
-
-
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -257,9 +213,9 @@ def _record(request: dict[str, Any], index: int, fmt: DatasetFormat, before: dic
     return record
 
 
-def _near_miss_answers(editor: Any, request: dict[str, Any], tokens: int) -> list[list[int]]:
-    """Greedy continuations of the request's near-miss prompts (see :mod:`wise_plugin.runner.near_miss`)."""
-    return [greedy_ids(editor.model, editor.tok, prompt, tokens) for prompt in request.get("near_miss", [])]
+def _near_miss_answers(editor: Any, prompts: Sequence[str], tokens: int) -> list[list[int]]:
+    """Greedy continuations of near-miss prompts (see :mod:`wise_plugin.runner.near_miss`)."""
+    return [greedy_ids(editor.model, editor.tok, prompt, tokens) for prompt in prompts]
 
 
 def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +253,7 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
         for request in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress, leave=False):
             def take(request: dict[str, Any] = request) -> tuple[dict[str, Any], list[list[int]]]:
                 return (_score(editor, request, fmt.eval_metric, options.eval_target_tokens),
-                        _near_miss_answers(editor, request, options.near_miss_tokens))
+                        _near_miss_answers(editor, request.get("near_miss", []), options.near_miss_tokens))
             score, near = baseline.get(request, profile, take) if baseline is not None else take()
             before.append(score)
             near_before.append(near)
@@ -322,7 +278,7 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
         kept = [(prompt, pre) for prompt, pre in zip(request.get("near_miss", []), near_before[offset])
                 if prompt not in edited]
         if kept:
-            after = [greedy_ids(editor.model, editor.tok, prompt, options.near_miss_tokens) for prompt, _ in kept]
+            after = _near_miss_answers(editor, [prompt for prompt, _ in kept], options.near_miss_tokens)
             record["near"] = float(np.mean([a == pre for a, (_, pre) in zip(after, kept)]))
             record["near_changed"] = [prompt for a, (prompt, pre) in zip(after, kept) if a != pre]
         if len(kept) < len(near_before[offset]):
