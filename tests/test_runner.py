@@ -432,6 +432,44 @@ def test_a_chunk_interrupted_after_a_checkpoint_resumes_with_the_uninterrupted_r
     assert paper_table(resumed) == paper_table(straight)
 
 
+def test_a_chunk_interrupted_while_scoring_after_its_edits_resumes_without_editing_again(tiny_yamls, smollm2_path,
+                                                                                         tmp_path, monkeypatch):
+    """The scoring after a long stream's last edit takes about an hour at 1,000 edits: a rerun loads
+    the editor saved after the last edit, keeps the records already scored and scores only the rest."""
+    from wise_plugin.runner import protocol
+
+    options = RunOptions(t_values=(3,), n=3, progress=False, checkpoint_every=2)  # 3 is not a multiple of 2
+    args = (load_specs(tiny_yamls[:1]), load_requests("builtin"), dataset_format("builtin"), options)
+    straight = run_comparison(*args, str(tmp_path / "straight"), model_factory=TinyModels(smollm2_path))
+
+    real_score, real_after, scored = protocol._score, protocol._score_after, []
+
+    def interrupted(*a, **k):
+        if len(scored) == 2:  # the third request's scoring after the edits
+            raise KeyboardInterrupt("simulated interruption")
+        scored.append(1)
+        return real_after(*a, **k)
+
+    out = str(tmp_path / "resumed")
+    monkeypatch.setattr(protocol, "_score_after", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(*args, out, model_factory=TinyModels(smollm2_path))
+    edits, scores = [], []
+    monkeypatch.setattr(protocol, "_score_after", real_after)
+    monkeypatch.setattr(protocol, "_edit", lambda *a, **k: edits.append(1) or 0.0)
+    monkeypatch.setattr(protocol, "_score", lambda *a, **k: scores.append(1) or real_score(*a, **k))
+    resumed = run_comparison(*args, out, model_factory=TinyModels(smollm2_path))
+    assert edits == [] and len(scores) == 1  # no edit again; only the third request is scored
+    keys = ("index", "rel", "gen", "loc", "pre_rel", "pre_gen", "near", "greedy", "gen_rel", "wild_rel",
+            "edit_seconds")
+    pick = lambda result: [{k: r.get(k) for k in keys} for r in result["chunks"][0]["records"]]  # noqa: E731
+    assert all(r["edit_seconds"] > 0 for r in pick(resumed))  # the interrupted run's timings, kept
+    assert [{k: v for k, v in r.items() if k != "edit_seconds"} for r in pick(resumed)] == \
+        [{k: v for k, v in r.items() if k != "edit_seconds"} for r in pick(straight)]
+    assert paper_table(resumed) == paper_table(straight)
+    assert not os.listdir(os.path.join(out, "partial"))
+
+
 def test_unedited_scores_are_taken_once_per_request_and_equal_each_editors_own(full_run, tiny_yamls, smollm2_path):
     """Every chunk starts from the unedited model, so its scores before the edits are shared by all
     T and editors (here WISE, a plugin editor, and FT, a host editor): one stored line per request.

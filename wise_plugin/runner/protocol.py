@@ -231,6 +231,28 @@ def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _score_after(editor: Any, request: dict[str, Any], index: int, fmt: DatasetFormat, options: RunOptions,
+                 before: dict[str, Any], near_before: Sequence[list[int]], edited: set[str],
+                 generation: bool) -> dict[str, Any]:
+    """The record of one request scored on the edited model: the host's scores against ``before``,
+    with ``generation`` the greedy and WILD-style answers (short targets), and near-miss locality
+    over the request's near-miss prompts that are not prompts of the stream (``edited``)."""
+    record = _record(request, index, fmt, before,
+                     _score(editor, request, fmt.eval_metric, options.eval_target_tokens), options)
+    if generation and fmt.name in GREEDY_FORMATS:
+        record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
+        record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
+        record.update(_wild(editor, request))
+    kept = [(prompt, pre) for prompt, pre in zip(request.get("near_miss", []), near_before) if prompt not in edited]
+    if kept:
+        after = _near_miss_answers(editor, [prompt for prompt, _ in kept], options.near_miss_tokens)
+        record["near"] = float(np.mean([a == pre for a, (_, pre) in zip(after, kept)]))
+        record["near_changed"] = [prompt for a, (prompt, pre) in zip(after, kept) if a != pre]
+    if len(kept) < len(near_before):
+        record["near_excluded"] = len(near_before) - len(kept)
+    return record
+
+
 def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFormat, options: RunOptions,
                  apply: Callable[[Sequence[dict[str, Any]]], Sequence[float]], first_index: int = 0,
                  progress: bool = False, generation: bool = True,
@@ -241,12 +263,13 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     again; locality is agreement with the unedited model's tokens, near-miss locality the share of a
     request's ``near_miss`` prompts whose greedy continuation is unchanged (prompts that are edit or
     rephrase prompts of the stream itself are left out); ``baseline`` keeps the
-    unedited scores of each request for the other chunks that need them. With ``generation`` and short
-    targets each record also gets the greedy and WILD-style answers. Returns the per-request records
+    unedited scores of each request for the other chunks that need them, and ``partial`` the
+    progress of an interrupted chunk (scores before, records scored after). With ``generation`` and
+    short targets each record also gets the greedy and WILD-style answers. Returns the per-request records
     (index ``first_index`` on), the edit seconds and the scoring seconds."""
     eval_start = time.perf_counter()
     if partial is not None and partial.before is not None:  # a resumed chunk: scored before its first edit
-        before, near_before = partial.before, partial.near_before
+        before, near_before, before_seconds = partial.before, partial.near_before, partial.before_seconds
     else:
         before, near_before = [], []
         profile = scoring_profile(editor.hparams, editor.model_name)
@@ -257,36 +280,30 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
             score, near = baseline.get(request, profile, take) if baseline is not None else take()
             before.append(score)
             near_before.append(near)
+        before_seconds = time.perf_counter() - eval_start
         if partial is not None:
-            partial.save_before(before, near_before)
-    eval_seconds = time.perf_counter() - eval_start
+            partial.save_before(before, near_before, before_seconds)
     edit_seconds = list(apply(requests))
     per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
-    eval_start = time.perf_counter()
     # a near-miss prompt that is itself a prompt of the stream is an edit, not a neighbour: it may change
     edited = {prompt for r in requests for prompt in (r["prompt"], r.get("rephrase_prompt")) if prompt}
     records = []
-    scored = tqdm(list(zip(requests, before)), desc="scoring after all edits", unit="edit", disable=not progress,
-                  leave=False)
-    for offset, (request, pre) in enumerate(scored):
-        record = _record(request, first_index + offset, fmt, pre,
-                         _score(editor, request, fmt.eval_metric, options.eval_target_tokens), options)
-        if generation and fmt.name in GREEDY_FORMATS:
-            record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
-            record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
-            record.update(_wild(editor, request))
-        kept = [(prompt, pre) for prompt, pre in zip(request.get("near_miss", []), near_before[offset])
-                if prompt not in edited]
-        if kept:
-            after = _near_miss_answers(editor, [prompt for prompt, _ in kept], options.near_miss_tokens)
-            record["near"] = float(np.mean([a == pre for a, (_, pre) in zip(after, kept)]))
-            record["near_changed"] = [prompt for a, (prompt, pre) in zip(after, kept) if a != pre]
-        if len(kept) < len(near_before[offset]):
-            record["near_excluded"] = len(near_before[offset]) - len(kept)
-        if per_request[offset] is not None:
-            record["edit_seconds"] = per_request[offset]
+    scored = tqdm(list(zip(requests, before, near_before)), desc="scoring after all edits", unit="edit",
+                  disable=not progress, leave=False)
+    for offset, (request, pre, near_pre) in enumerate(scored):
+        index = first_index + offset
+        record = partial.scored_record(index) if partial is not None else None
+        if record is None:  # not scored by an interrupted run of this chunk
+            start = time.perf_counter()
+            record = _score_after(editor, request, index, fmt, options, pre, near_pre, edited, generation)
+            record["score_seconds"] = time.perf_counter() - start
+            if per_request[offset] is not None:
+                record["edit_seconds"] = per_request[offset]
+            if partial is not None:
+                partial.keep_record(record)
         records.append(record)
-    return records, float(sum(edit_seconds)), eval_seconds + time.perf_counter() - eval_start
+    after_seconds = sum(r.get("score_seconds", 0.0) for r in records)
+    return records, float(sum(edit_seconds)), before_seconds + after_seconds
 
 
 def _check_lengths(editor: Any, requests: Sequence[dict[str, Any]], first_index: int) -> None:
