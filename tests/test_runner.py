@@ -194,6 +194,23 @@ def test_greedy_reliability_matches_whole_words(generation, target, hit):
     assert contains_target(generation, target) is hit
 
 
+def test_building_an_editor_per_chunk_does_not_pile_up_host_log_handlers(tiny_yamls, smollm2_path):
+    """The host adds a log file and a console handler per BaseEditor; a T=1 comparison builds one
+    editor per request, so without cleanup each host line would be logged once per chunk so far and
+    one log file would stay open per chunk."""
+    from wise_plugin.runner.editors import _host_logger, build_editor
+    from wise_plugin.host import base_editor
+
+    spec, models = load_specs(tiny_yamls[:1])[0], TinyModels(smollm2_path)
+    build_editor(spec, models)
+    log = _host_logger(base_editor())
+    assert log is not None and log.handlers  # the host's own handlers are there
+    count = len(log.handlers)
+    for _ in range(3):
+        build_editor(spec, models)
+    assert len(log.handlers) == count
+
+
 # Protocol, reports, resume --------------------------------------------------------------------------
 
 def test_report_files(full_run, tmp_path):

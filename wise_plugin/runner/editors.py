@@ -12,7 +12,9 @@ import difflib
 import hashlib
 import importlib
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -173,19 +175,35 @@ def load_specs(paths: Sequence[str]) -> list[EditorSpec]:
     return specs
 
 
+def _host_logger(base_editor_class: type) -> Optional[logging.Logger]:
+    """The logger of the host module that defines ``BaseEditor`` (``LOG`` in both hosts)."""
+    log = getattr(sys.modules.get(base_editor_class.__module__), "LOG", None)
+    return log if isinstance(log, logging.Logger) else None
+
+
 def build_editor(spec: EditorSpec, model_factory: Optional[ModelFactory] = None) -> Any:
     """A fresh host ``BaseEditor`` for ``spec``: the model as stored, no edits from earlier chunks.
 
     ``model_factory`` (tests) returns a ``(model, tokenizer)`` pair instead of loading ``model_name``;
     the name is put back afterwards, because the host's metrics read ``model_name.lower()``.
+    The host adds a log file handler and a console handler to its logger in every ``BaseEditor``;
+    a comparison builds one editor per chunk (1,000 at T=1 on 1,000 requests), so the handlers of
+    later builds are closed and removed: each host line is logged once, and no file stays open per chunk.
     """
     BaseEditor = base_editor()
-
-    hparams = copy.deepcopy(spec.hparams)
-    if model_factory is None:
-        return BaseEditor.from_hparams(hparams)
-    name = hparams.model_name
-    hparams.model_name = model_factory()
-    editor = BaseEditor.from_hparams(hparams)
-    hparams.model_name = editor.model_name = name
-    return editor
+    log = _host_logger(BaseEditor)
+    earlier = list(log.handlers) if log is not None else []
+    try:
+        hparams = copy.deepcopy(spec.hparams)
+        if model_factory is None:
+            return BaseEditor.from_hparams(hparams)
+        name = hparams.model_name
+        hparams.model_name = model_factory()
+        editor = BaseEditor.from_hparams(hparams)
+        hparams.model_name = editor.model_name = name
+        return editor
+    finally:
+        if log is not None and earlier:  # the first build's handlers stay; later builds add duplicates
+            for handler in [h for h in log.handlers if h not in earlier]:
+                log.removeHandler(handler)
+                handler.close()
