@@ -487,6 +487,41 @@ def test_a_chunk_interrupted_while_scoring_after_its_edits_resumes_without_editi
     assert not os.listdir(os.path.join(out, "partial"))
 
 
+def test_near_miss_counts_recounted_without_the_streams_own_prompts():
+    from wise_plugin.runner.near_miss import without_stream_prompts
+
+    requests = [{"prompt": "Who founded A?", "rephrase_prompt": "A was founded by", "near_miss": ["Who founded B?", "Who founded C?"]},
+                {"prompt": "Who founded B?", "rephrase_prompt": "B was founded by", "near_miss": ["Who founded A?"]}]
+    records = [{"index": 0, "near": 0.5, "near_changed": ["Who founded B?"]},  # B is edited: its change is wanted
+               {"index": 1, "near": 1.0, "near_changed": []}]
+    upgraded = without_stream_prompts(records, requests)
+    assert upgraded[0] == {"index": 0, "near": 1.0, "near_changed": [], "near_excluded": 1}
+    assert upgraded[1] == {"index": 1, "near_excluded": 1}  # no near miss left: no near-miss score
+    assert without_stream_prompts([{"index": 0, "near": 0.5}, records[1]], requests) is None  # cannot tell
+
+
+def test_chunks_stored_before_near_miss_versions_are_recounted_not_rerun(full_run, tiny_yamls, smollm2_path, tmp_path):
+    """A chunk line stored under the key of the runs before the stream's own prompts were left out
+    (no near-miss version in the key) is recounted from its records: no model is built."""
+    from wise_plugin.runner.protocol import chunk_key, plan, with_loc_prompts
+
+    reference, out, _ = full_run
+    specs, fmt = load_specs(tiny_yamls), dataset_format("builtin")
+    sample = with_loc_prompts(select_sample(load_requests("builtin"), OPTIONS), OPTIONS)
+    legacy = {chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], OPTIONS): chunk_key(
+        spec, fmt, chunk, sample[chunk.start:chunk.stop], OPTIONS, None) for spec in specs for chunk in plan(2, (1, 2))}
+    with open(os.path.join(out, RESULTS_FILE), encoding="utf-8") as source, \
+            open(tmp_path / RESULTS_FILE, "w", encoding="utf-8") as target:
+        for text in source:
+            line = json.loads(text)
+            target.write(json.dumps({**line, "key": legacy[line["key"]]}) + "\n")
+    models = TinyModels(smollm2_path)
+    upgraded = run_comparison(specs, load_requests("builtin"), fmt, OPTIONS, str(tmp_path), model_factory=models)
+    assert models.calls == 0
+    assert paper_table(upgraded) == paper_table(reference)
+    assert [line["records"] for line in upgraded["chunks"]] == [line["records"] for line in reference["chunks"]]
+
+
 def test_unedited_scores_are_taken_once_per_request_and_equal_each_editors_own(full_run, tiny_yamls, smollm2_path):
     """Every chunk starts from the unedited model, so its scores before the edits are shared by all
     T and editors (here WISE, a plugin editor, and FT, a host editor): one stored line per request.

@@ -11,8 +11,9 @@ aircraft". Per request the runner holds
   built-in sets: "Shaquille O'Neal plays" beside "David Robinson professionally plays the sport").
 
 They are scored against the unedited model's own answers: the share of near-miss prompts whose
-greedy continuation (``tokens`` tokens) is the same after all edits as before. Nothing here is
-shown to an editor: the prompts travel beside the requests, never inside them.
+greedy continuation (``tokens`` tokens) is the same after all edits as before. A near-miss prompt
+that is itself an edit or rephrase prompt of the stream is left out (its answer should change).
+Nothing here is shown to an editor: the prompts travel beside the requests, never inside them.
 """
 
 from __future__ import annotations
@@ -76,3 +77,34 @@ def attach_near_miss(requests: Sequence[dict[str, Any]], dataset: str, path: Opt
             by_template.setdefault(template(prompt, subject), []).append(subject)
     by_template = {key: sorted(set(values)) for key, values in by_template.items()}
     return [near_miss_prompts(r, dataset, subjects, by_template, swaps, seed) for r in requests]
+
+
+def stream_prompts(requests: Sequence[dict[str, Any]]) -> set[str]:
+    """Edit and rephrase prompts of a stream: near-miss prompts among them are edits, not neighbours."""
+    return {prompt for r in requests for prompt in (r["prompt"], r.get("rephrase_prompt")) if prompt}
+
+
+def without_stream_prompts(records: Sequence[dict[str, Any]],
+                           requests: Sequence[dict[str, Any]]) -> Optional[list[dict[str, Any]]]:
+    """Records scored before near misses left out the stream's own prompts, scored as if they had.
+
+    The greedy answers are the same either way; only which prompts count changes, so the records'
+    ``near_changed`` lists give the new ``near`` exactly. None when a record cannot tell (it lost
+    near misses but does not list them): such a chunk is scored again.
+    """
+    edited = stream_prompts(requests)
+    upgraded = []
+    for record, request in zip(records, requests):
+        prompts = request.get("near_miss", [])
+        if record.get("near", 1.0) < 1.0 and "near_changed" not in record:
+            return None
+        changed = set(record.get("near_changed", []))
+        kept = [prompt for prompt in prompts if prompt not in edited]
+        new = {k: v for k, v in record.items() if k not in ("near", "near_changed", "near_excluded")}
+        if kept:
+            new["near"] = sum(prompt not in changed for prompt in kept) / len(kept)
+            new["near_changed"] = [prompt for prompt in kept if prompt in changed]
+        if len(kept) < len(prompts):
+            new["near_excluded"] = len(prompts) - len(kept)
+        upgraded.append(new)
+    return upgraded

@@ -38,6 +38,7 @@ from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.host.guard import editor_parts, plugin_kind
 from wise_plugin.runner.errors import RunnerInputError
 from wise_plugin.runner.baseline import BaselineScores, scoring_profile
+from wise_plugin.runner.near_miss import stream_prompts, without_stream_prompts
 from wise_plugin.runner.partial import PartialChunk
 from wise_plugin.runner.store import ResultStore
 from wise_plugin.wise.caches import SetupCache
@@ -122,14 +123,18 @@ def plan(n: int, t_values: Iterable[int]) -> list[Chunk]:
 
 
 def chunk_key(spec: EditorSpec, fmt: DatasetFormat, chunk: Chunk, requests: Sequence[dict[str, Any]],
-              options: RunOptions) -> str:
-    """Identity of a chunk's result: editor config, model, data content and scoring settings."""
-    content = json.dumps({
+              options: RunOptions, near_miss_version: Optional[int] = NEAR_MISS_VERSION) -> str:
+    """Identity of a chunk's result: editor config, model, data content and scoring settings.
+    ``near_miss_version=None`` gives the key of chunks stored before near misses had versions."""
+    fields = {
         "hparams": spec.fingerprint, "model": spec.model_name, "dataset": fmt.name,
         "requests": list(requests), "seed": options.seed, "eval_target_tokens": options.eval_target_tokens,
         "greedy_tokens": options.greedy_tokens, "ppl_clip": options.ppl_clip, "wild": WILD_VERSION,
-        "near_miss_tokens": options.near_miss_tokens, "near_miss_version": NEAR_MISS_VERSION,
-    }, sort_keys=True, default=str)
+        "near_miss_tokens": options.near_miss_tokens,
+    }
+    if near_miss_version is not None:
+        fields["near_miss_version"] = near_miss_version
+    content = json.dumps(fields, sort_keys=True, default=str)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{spec.label}|T={chunk.t}|chunk={chunk.index}|{digest}"
 
@@ -286,7 +291,7 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     edit_seconds = list(apply(requests))
     per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
     # a near-miss prompt that is itself a prompt of the stream is an edit, not a neighbour: it may change
-    edited = {prompt for r in requests for prompt in (r["prompt"], r.get("rephrase_prompt")) if prompt}
+    edited = stream_prompts(requests)
     records = []
     scored = tqdm(list(zip(requests, before, near_before)), desc="scoring after all edits", unit="edit",
                   disable=not progress, leave=False)
@@ -404,6 +409,20 @@ def summarize(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def _upgrade_stored(store: ResultStore, key: str, legacy: str, requests: Sequence[dict[str, Any]]) -> None:
+    """A chunk stored before near misses left out the stream's own prompts (key ``legacy``) is
+    stored again under ``key`` with its near-miss locality recounted from its records
+    (:func:`~wise_plugin.runner.near_miss.without_stream_prompts`) instead of being edited and
+    scored again (hours for a 1,000-edit chunk)."""
+    if legacy not in store:
+        return
+    records = without_stream_prompts(store.lines[legacy]["records"], requests)
+    if records is None:
+        return
+    store.add({**store.lines[legacy], "records": records, "key": key})
+    logger.info("chunk %s: near-miss locality recounted from the records stored under its earlier key", key)
+
+
 def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any]], fmt: DatasetFormat,
                    options: RunOptions, out_dir: str,
                    model_factory: Optional[ModelFactory] = None) -> dict[str, Any]:
@@ -417,6 +436,10 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
     store = ResultStore(out_dir)
     jobs = [(spec, chunk, chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], options))
             for spec in specs for chunk in chunks]
+    for spec, chunk, key in jobs:
+        if key not in store:
+            _upgrade_stored(store, key, chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, None),
+                            sample[chunk.start:chunk.stop])
     todo = [job for job in jobs if job[2] not in store]
     if len(todo) < len(jobs):
         logger.info("resuming: %d of %d chunks are already in %s", len(jobs) - len(todo), len(jobs), store.path)
