@@ -351,6 +351,27 @@ def test_near_miss_prompts_swap_the_subject_within_the_relation():
     assert all("David Robinson" not in p for p in swaps)
 
 
+def test_a_near_miss_pool_swaps_in_subjects_the_stream_does_not_edit():
+    """With every record of the edit file in the stream, all of its subjects are edited; a pool
+    (here the ZsRE train file) keeps the swapped-in subjects unedited."""
+    edit = os.path.join(SHARED_DATA, "wise", "ZsRE", "zsre_mend_edit.json")
+    train = os.path.join(SHARED_DATA, "wise", "ZsRE", "zsre_mend_train.json")
+    if not (os.path.isfile(edit) and os.path.isfile(train)):
+        pytest.skip("the ZsRE files are not on this machine")
+    with open(edit, encoding="utf-8") as handle:
+        edited = {r["subject"] for r in json.load(handle)}
+    with open(train, encoding="utf-8") as handle:
+        pool = {r["subject"] for r in json.load(handle)} - edited
+    requests = load_requests("zsre", edit, near_miss_pool=train)
+    own = load_requests("zsre", edit)
+    swapped = [(r, p) for r in requests if r.get("subject") for p in r.get("near_miss", [])]
+    assert len(swapped) >= len(requests)  # about two per request
+    assert all(any(p == r["prompt"].replace(r["subject"], s, 1) for s in pool) for r, p in swapped)
+    assert sum(r.get("near_miss") != o.get("near_miss") for r, o in zip(requests, own)) > len(requests) // 2
+    with pytest.raises(RunnerInputError, match="near-miss-pool"):
+        load_requests("zsre", edit, near_miss_pool=os.path.join(SHARED_DATA, "missing.json"))
+
+
 @pytest.mark.parametrize("dataset, path", [("hallucination", "wise/hallucination/hallucination-edit.json"),
                                            ("temporal", "wise/temporal/temporal-edit.json")])
 def test_passage_records_pass_their_subject_and_get_no_near_misses(dataset, path):

@@ -55,6 +55,10 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
                          help="irrelevant texts, one drawn into each request as its loc_prompt (the source host's "
                               "WISE needs one): 'builtin' (default) or a JSON list of strings / ZsRE / CounterFact "
                               "records, e.g. the ZsRE train file")
+    compare.add_argument("--near-miss-pool", default=None, metavar="JSON",
+                         help="a file of the dataset's layout whose subjects are swapped into near-miss prompts "
+                              "instead of the edit file's own (e.g. the ZsRE train file); with a stream over the "
+                              "whole edit file, the file's own subjects are all edited (default: the edit file)")
     compare.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                          help="save WISE/LEMoE progress inside a chunk every K edits, so that rerunning the command "
                               "after an interruption continues the chunk (default: chunks start over)")
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     name = args.dataset or (BUILTIN if args.data is None else "zsre")
     fmt = dataset_format(name)
     specs = load_specs(args.hparams)
-    requests = load_requests(name, args.data)
+    requests = load_requests(name, args.data, args.near_miss_pool)
     n = BUILTIN_N if args.n is None and args.data is None else args.n
     options = RunOptions(t_values=tuple(args.t_values), n=n, start=args.start, seed=args.seed,
                          eval_target_tokens=args.eval_target_tokens, progress=not args.no_progress,

@@ -164,14 +164,15 @@ _LOADERS: dict[str, Callable[[str], list[dict[str, Any]]]] = {
 }
 
 
-def load_requests(name: str, path: Optional[str] = None) -> list[dict[str, Any]]:
+def load_requests(name: str, path: Optional[str] = None, near_miss_pool: Optional[str] = None) -> list[dict[str, Any]]:
     """Every edit request of the ``name`` dataset at ``path`` (the built-in set when ``path`` is None).
 
     The file's keys are checked first; ZsreDataset skips records with an empty target, as in EasyEdit.
     Requests of ZsRE, CounterFact and the built-in set carry their ``near_miss`` prompts
     (:mod:`wise_plugin.runner.near_miss`), which the runner scores and never gives to an editor,
     and the record's ``subject`` where the file names one that occurs in the prompt (as
-    ``BaseEditor.edit(..., subject=...)`` puts it in each request).
+    ``BaseEditor.edit(..., subject=...)`` puts it in each request). ``near_miss_pool`` (a file of
+    the same layout) supplies the subjects swapped into near misses instead of ``path``.
     """
     fmt = dataset_format(name)
     if path is None:
@@ -179,13 +180,18 @@ def load_requests(name: str, path: Optional[str] = None) -> list[dict[str, Any]]
             raise RunnerInputError(f"--dataset {name} needs --data PATH, e.g. ../shared/data/{fmt.example}.")
         path = builtin_path()
     check_keys(_read_records(path), fmt, path)
+    if near_miss_pool is not None:
+        if not os.path.isfile(near_miss_pool):
+            raise RunnerInputError(f"--near-miss-pool {near_miss_pool!r} is not a file; give a {name} JSON file "
+                                   f"whose subjects the stream does not edit, e.g. a train split.")
+        check_keys(_read_records(near_miss_pool), fmt, near_miss_pool)
     requests = _LOADERS[name](path)
     subjects = subjects_by_prompt(path, name)
     for request in requests:
         subject = subjects.get(request["prompt"])
         if subject and subject in request["prompt"]:
             request["subject"] = subject
-    for request, prompts in zip(requests, attach_near_miss(requests, name, path)):
+    for request, prompts in zip(requests, attach_near_miss(requests, name, path, pool=near_miss_pool)):
         if prompts:
             request["near_miss"] = prompts
     logger.info("read %d %s edit requests from %s", len(requests), name, path)

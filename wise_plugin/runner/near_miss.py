@@ -48,14 +48,18 @@ def template(prompt: str, subject: str) -> str:
 
 
 def near_miss_prompts(request: dict[str, Any], dataset: str, subjects: dict[str, str],
-                      by_template: dict[str, list[str]], swaps: int = 2, seed: int = 0) -> list[str]:
-    """The near-miss prompts of one request (see the module docstring), in a fixed order."""
+                      by_template: dict[str, list[str]], swaps: int = 2, seed: int = 0,
+                      others: Optional[Sequence[str]] = None) -> list[str]:
+    """The near-miss prompts of one request (see the module docstring), in a fixed order.
+    ``subjects`` names each edit prompt's subject; swapped-in subjects come from ``by_template``
+    (same question template) and then ``others`` (default: every subject of ``subjects``)."""
     prompts: list[str] = []
     subject = subjects.get(request["prompt"])
     if subject and subject in request["prompt"] and swaps > 0:
         usable = lambda s: s != subject and subject not in s and s not in subject  # noqa: E731
         same = [s for s in by_template.get(template(request["prompt"], subject), []) if usable(s)]
-        rest = [s for s in sorted(set(subjects.values())) if usable(s) and s not in same]
+        pool = sorted(set(subjects.values())) if others is None else others
+        rest = [s for s in pool if usable(s) and s not in same]
         rng = random.Random(f"{seed}:{request['prompt']}")  # a string seed: the same draw in every process
         chosen = rng.sample(same, k=min(swaps, len(same)))
         chosen += rng.sample(rest, k=min(swaps - len(chosen), len(rest)))
@@ -66,17 +70,28 @@ def near_miss_prompts(request: dict[str, Any], dataset: str, subjects: dict[str,
 
 
 def attach_near_miss(requests: Sequence[dict[str, Any]], dataset: str, path: Optional[str],
-                     swaps: int = 2, seed: int = 0) -> list[list[str]]:
-    """Near-miss prompts of every request (an empty list where there are none)."""
+                     swaps: int = 2, seed: int = 0, pool: Optional[str] = None) -> list[list[str]]:
+    """Near-miss prompts of every request (an empty list where there are none).
+
+    Swapped-in subjects come from the edit file ``path`` itself, or from ``pool``, another file of
+    the same layout (e.g. the ZsRE train file) whose subjects the stream does not edit: when the
+    stream covers the whole edit file, every subject of the file is edited, and its near misses
+    then ask about edited subjects; a pool keeps them neighbours at every T.
+    """
     if dataset not in NEAR_MISS_DATASETS:
         return [[] for _ in requests]
     subjects = subjects_by_prompt(path, dataset) if path else {}
+    swapped = subjects_by_prompt(pool, dataset) if pool else subjects
+    if pool:
+        edited = set(subjects.values())
+        swapped = {prompt: subject for prompt, subject in swapped.items() if subject not in edited}
     by_template: dict[str, list[str]] = {}
-    for prompt, subject in subjects.items():
+    for prompt, subject in swapped.items():
         if subject in prompt:
             by_template.setdefault(template(prompt, subject), []).append(subject)
     by_template = {key: sorted(set(values)) for key, values in by_template.items()}
-    return [near_miss_prompts(r, dataset, subjects, by_template, swaps, seed) for r in requests]
+    others = sorted(set(swapped.values())) if pool else None
+    return [near_miss_prompts(r, dataset, subjects, by_template, swaps, seed, others) for r in requests]
 
 
 def stream_prompts(requests: Sequence[dict[str, Any]]) -> set[str]:
