@@ -6,7 +6,8 @@ product made by Toyota?" next to the edit "What is the product made by UniFirst?
 aircraft". Per request the runner holds
 - the edit prompt with its subject replaced by ``swaps`` other subjects of the same file (when the
   file names the subject and the prompt contains it: ZsRE, CounterFact), taken first from records
-  asked with the same question template (same relation, a subject of the right kind), and
+  asked with the same question template (same relation, a subject of the right kind); or from a
+  ``pool`` file of the same layout whose subjects the stream does not edit, and
 - the request's own locality prompt when the dataset writes it as a near miss (CounterFact and the
   built-in sets: "Shaquille O'Neal plays" beside "David Robinson professionally plays the sport").
 
