@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 # datasets whose locality prompt is a near miss of the edit (same relation, other subject)
 LOCALITY_IS_NEAR_MISS = ("counterfact", "builtin")
@@ -100,6 +100,26 @@ def stream_prompts(requests: Sequence[dict[str, Any]]) -> set[str]:
     return {prompt for r in requests for prompt in (r["prompt"], r.get("rephrase_prompt")) if prompt}
 
 
+def counted(prompts: Sequence[str], edited: Collection[str]) -> list[str]:
+    """The near-miss prompts that count: those that are not edit or rephrase prompts of the stream."""
+    return [prompt for prompt in prompts if prompt not in edited]
+
+
+def near_miss_fields(prompts: Sequence[str], changed: Collection[str], edited: Collection[str]) -> dict[str, Any]:
+    """A record's near-miss fields from which of a request's near-miss ``prompts`` changed their
+    greedy answer: ``near`` (share unchanged) and ``near_changed`` over the counted prompts, and
+    ``near_excluded`` (how many were prompts of the stream). Empty when the request has none.
+    The one place the score is computed, for fresh records and recounted stored ones alike."""
+    kept = counted(prompts, edited)
+    fields: dict[str, Any] = {}
+    if kept:
+        fields["near"] = sum(prompt not in changed for prompt in kept) / len(kept)
+        fields["near_changed"] = [prompt for prompt in kept if prompt in changed]
+    if len(kept) < len(prompts):
+        fields["near_excluded"] = len(prompts) - len(kept)
+    return fields
+
+
 def without_stream_prompts(records: Sequence[dict[str, Any]],
                            requests: Sequence[dict[str, Any]]) -> Optional[list[dict[str, Any]]]:
     """Records scored before near misses left out the stream's own prompts, scored as if they had.
@@ -111,16 +131,9 @@ def without_stream_prompts(records: Sequence[dict[str, Any]],
     edited = stream_prompts(requests)
     upgraded = []
     for record, request in zip(records, requests):
-        prompts = request.get("near_miss", [])
         if record.get("near", 1.0) < 1.0 and "near_changed" not in record:
             return None
-        changed = set(record.get("near_changed", []))
-        kept = [prompt for prompt in prompts if prompt not in edited]
         new = {k: v for k, v in record.items() if k not in ("near", "near_changed", "near_excluded")}
-        if kept:
-            new["near"] = sum(prompt not in changed for prompt in kept) / len(kept)
-            new["near_changed"] = [prompt for prompt in kept if prompt in changed]
-        if len(kept) < len(prompts):
-            new["near_excluded"] = len(prompts) - len(kept)
+        new.update(near_miss_fields(request.get("near_miss", []), set(record.get("near_changed", [])), edited))
         upgraded.append(new)
     return upgraded

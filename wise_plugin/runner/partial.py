@@ -41,7 +41,7 @@ class PartialChunk:
     """The saved progress of one chunk (see the module docstring)."""
 
     def __init__(self, out_dir: str, key: str, every: int, parts: tuple[Any, Any, Any, Any]) -> None:
-        self.folder = os.path.join(out_dir, PARTIAL_DIR, hashlib.sha256(key.encode()).hexdigest()[:16])
+        self.folder = self.folder_of(out_dir, key)
         self.every = every
         self.find_layer, self.detach, self.save_editor, self.load_editor = parts
         self.before: Optional[list[Any]] = None
@@ -51,10 +51,14 @@ class PartialChunk:
         self._scored: Optional[ResultStore] = None
 
     @staticmethod
+    def folder_of(out_dir: str, key: str) -> str:
+        """Where a chunk's progress lives: chunk keys hold ``|`` and ``=``, so the folder is named by a hash."""
+        return os.path.join(out_dir, PARTIAL_DIR, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+    @staticmethod
     def remove(out_dir: str, key: str) -> None:
         """Drop the saved progress of a chunk that is finished (or never had any)."""
-        folder = os.path.join(out_dir, PARTIAL_DIR, hashlib.sha256(key.encode()).hexdigest()[:16])
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(PartialChunk.folder_of(out_dir, key), ignore_errors=True)
 
     def _progress(self) -> Optional[dict[str, Any]]:
         path = os.path.join(self.folder, PROGRESS)

@@ -38,7 +38,7 @@ from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.host.guard import editor_parts, plugin_kind
 from wise_plugin.runner.errors import RunnerInputError
 from wise_plugin.runner.baseline import BaselineScores, scoring_profile
-from wise_plugin.runner.near_miss import stream_prompts, without_stream_prompts
+from wise_plugin.runner.near_miss import near_miss_fields, stream_prompts, without_stream_prompts
 from wise_plugin.runner.partial import PartialChunk
 from wise_plugin.runner.store import ResultStore
 from wise_plugin.wise.caches import SetupCache
@@ -248,13 +248,10 @@ def _score_after(editor: Any, request: dict[str, Any], index: int, fmt: DatasetF
         record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
         record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
         record.update(_wild(editor, request))
-    kept = [(prompt, pre) for prompt, pre in zip(request.get("near_miss", []), near_before) if prompt not in edited]
-    if kept:
-        after = _near_miss_answers(editor, [prompt for prompt, _ in kept], options.near_miss_tokens)
-        record["near"] = float(np.mean([a == pre for a, (_, pre) in zip(after, kept)]))
-        record["near_changed"] = [prompt for a, (prompt, pre) in zip(after, kept) if a != pre]
-    if len(kept) < len(near_before):
-        record["near_excluded"] = len(near_before) - len(kept)
+    prompts = request.get("near_miss", [])
+    kept = [(prompt, pre) for prompt, pre in zip(prompts, near_before) if prompt not in edited]
+    after = _near_miss_answers(editor, [prompt for prompt, _ in kept], options.near_miss_tokens) if kept else []
+    record.update(near_miss_fields(prompts, {prompt for a, (prompt, pre) in zip(after, kept) if a != pre}, edited))
     return record
 
 
