@@ -30,7 +30,6 @@ class EditBatch:
     labels: torch.Tensor  # the target token ids
     text: str = ""  # the bare edit row as tokenised: prompt, space, target (rehearsed later under this text)
     rehearsed: tuple[str, ...] = ()  # texts of the trailing rows that replay earlier edits
-    variant_rows: tuple[int, int] = (0, 0)  # [start, stop) of the rows that reword the prompt
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -94,39 +93,6 @@ def generate_prefixes(model: Any, tok: Any, count: int, lengths: Sequence[int], 
     return prefixes
 
 
-def reworded_prompts(prompt: str, subject: Optional[str], count: int, drop: float, seed: int) -> list[str]:
-    """``count`` copies of ``prompt`` with some of its words left out (each with probability
-    ``drop``, at least one), the words of ``subject`` always kept.
-
-    A memory trained on one wording answers that wording; paraphrases share the subject and a few
-    content words with it, not the function words around them. Training on shortened wordings that
-    keep the subject asks the memory to answer from what the paraphrases share. Fewer copies come
-    back when the prompt has too few droppable words to make them all different, none without a
-    subject found in the prompt (a few leftover words would then teach the memory to answer them).
-    """
-    if not subject or subject not in prompt:
-        return []
-    words = prompt.split(" ")
-    protected: set[int] = set()
-    start = prompt.index(subject)
-    end, position = start + len(subject), 0
-    for index, word in enumerate(words):
-        if position < end and position + len(word) > start:
-            protected.add(index)
-        position += len(word) + 1
-    droppable = [index for index, word in enumerate(words) if index not in protected and word]
-    rng = random.Random(f"{seed}:{prompt}")
-    variants: list[str] = []
-    for _ in range(count * 10):  # a bounded number of draws: short prompts have few distinct variants
-        if len(variants) == count or not droppable:
-            break
-        dropped = {index for index in droppable if rng.random() < drop} or {rng.choice(droppable)}
-        text = " ".join(word for index, word in enumerate(words) if index not in dropped)
-        if text.strip() and text != prompt and text not in variants:
-            variants.append(text)
-    return variants
-
-
 def format_prompt(tok: Any, prompt: str, use_chat_template: bool) -> str:
     if use_chat_template and getattr(tok, "chat_template", None):
         return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
@@ -140,11 +106,9 @@ def _header_length(tok: Any, use_chat_template: bool) -> int:
 
 
 def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use_chat_template: bool,
-                device: torch.device, replay: Sequence[tuple[str, str]] = (),
-                variants: Sequence[str] = ()) -> EditBatch:
+                device: torch.device, replay: Sequence[tuple[str, str]] = ()) -> EditBatch:
     """Rows ``prefix + prompt + ' ' + target`` (the evaluator's teacher-forcing layout), one per
-    prefix, then ``variant + ' ' + target`` per other wording of the prompt (they count as the new
-    edit's rows), then one bare row per replayed earlier edit.
+    prefix, then one bare row per replayed earlier edit.
 
     Routing scores of a row are read over its own prompt and target tokens only: the random
     prefixes are generic text, and asking the side memory to fire on them would make it fire on
@@ -154,8 +118,7 @@ def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use
         raise ValueError("edit request has an empty 'prompt'; give the text to edit.")
     if not target or not target.strip():
         raise ValueError(f"edit request for prompt {prompt!r} has an empty 'target_new'; give the new answer.")
-    pairs = [(p + prompt, target, prompt) for p in ["", *prefixes]] + [(v, target, v) for v in variants] \
-        + [(p, t, p) for p, t in replay]
+    pairs = [(p + prompt, target, prompt) for p in ["", *prefixes]] + [(p, t, p) for p, t in replay]
     prompts = [format_prompt(tok, text, use_chat_template) for text, _, _ in pairs]
     full = [p + " " + t for p, (_, t, _) in zip(prompts, pairs)]
     encoded = tok(full, padding=True, return_tensors="pt", padding_side="right")
@@ -190,5 +153,4 @@ def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use
         labels=as_long(labels),
         text=full[0],
         rehearsed=tuple(full[len(full) - len(replay):]) if replay else (),
-        variant_rows=(1 + len(prefixes), 1 + len(prefixes) + len(variants)),
     )

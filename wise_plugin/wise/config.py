@@ -20,7 +20,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``, ``stop_token_share``,
-    ``act_weight``, ``rehearse``, ``n_reworded``, ``reword_drop``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -72,11 +72,6 @@ class WISEHyperParams(HyperParams):
     stop_token_share: float = 1.0
     act_weight: float = 1.0
     rehearse: int = 0
-    # Rows of the new edit with some words of its prompt left out, the subject's kept
-    # (core/rows.py reworded_prompts): each word dropped with probability reword_drop.
-    n_reworded: int = 0
-    reword_drop: float = 0.3
-    reword_stop: bool = False
     # Most tokens (prompt + target, all rows) in one edit iteration: prefixed copies of the edit and
     # rehearsed edits are taken in turn while they fit; the bare edit row always stays (None: no cap).
     row_token_budget: Optional[int] = None
@@ -148,8 +143,6 @@ class WISEHyperParams(HyperParams):
             problems.append(f"row_token_budget must be >= 1 or null, got {self.row_token_budget}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
-        if self.n_reworded < 0 or not 0.0 < self.reword_drop < 1.0:
-            problems.append(f"n_reworded must be >= 0 and reword_drop in (0, 1), got {self.n_reworded} and {self.reword_drop}")
         if any(length < 1 for length in self.prefix_lengths):
             problems.append(f"prefix_lengths must be token counts >= 1, got {self.prefix_lengths}")
         problems += common_problems(self)

@@ -18,8 +18,7 @@ from wise_plugin.core.anchors import Anchor, AnchorIndex, subject_anchors
 from wise_plugin.core.requests import check_call
 from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.wise.config import WISEHyperParams
-from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows, reworded_prompts
-from wise_plugin.core.subjects import request_subject
+from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.core.modules import input_device, upper_stack
@@ -201,10 +200,8 @@ def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
     group = layer.book.active_edits()  # edits that live in the memory being trained
     replay = random.Random(hparams.seed + layer.book.edits).sample(group, k=min(hparams.rehearse, len(group)))
     prefixes, replay = _fit_rows(tok, request, layer.caches.prefixes, replay, hparams.row_token_budget)
-    variants = reworded_prompts(request["prompt"], request_subject(request), hparams.n_reworded,
-                                hparams.reword_drop, hparams.seed + layer.book.edits) if hparams.n_reworded else []
     batch = build_batch(tok, request["prompt"], request["target_new"], prefixes,
-                        hparams.use_chat_template, device, replay, variants)
+                        hparams.use_chat_template, device, replay)
     anchors = subject_anchors(tok, request) if hparams.subject_anchor else None
     draw = _draw_loc(layer, tok, request, hparams, anchors)
     # cached irrelevant rows, also for a layout the fast path does not know (stack None);

@@ -356,9 +356,6 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     # and the rehearsed earlier edits (the last rows: every target token still the greedy choice),
     # so an edit does not end while the memory has lost an edit it replays.
     new_tokens = batch.label_rows == 0
-    if hparams.reword_stop:
-        start, stop = batch.variant_rows
-        new_tokens = new_tokens | ((batch.label_rows >= start) & (batch.label_rows < stop))
     first_rehearsed = batch.input_ids.shape[0] - len(batch.rehearsed)
     rehearsed_tokens = batch.label_rows >= first_rehearsed
     token_weight = _edit_balanced_weights(batch.label_rows, first_rehearsed)
