@@ -372,6 +372,25 @@ def test_a_near_miss_pool_swaps_in_subjects_the_stream_does_not_edit():
         load_requests("zsre", edit, near_miss_pool=os.path.join(SHARED_DATA, "missing.json"))
 
 
+def test_several_data_files_make_one_stream_in_order():
+    """CounterFact T=3000 edits counterfact-edit-1k then counterfact-train-2k as one stream."""
+    edit = os.path.join(SHARED_DATA, "counterfact", "counterfact-edit-1k.json")
+    train = os.path.join(SHARED_DATA, "counterfact", "counterfact-train-2k.json")
+    if not (os.path.isfile(edit) and os.path.isfile(train)):
+        pytest.skip("the CounterFact files are not on this machine")
+    both = load_requests("counterfact", [edit, train])
+    first, second = load_requests("counterfact", edit), load_requests("counterfact", train)
+    assert len(both) == len(first) + len(second) == 3000
+    strip = lambda r: {k: v for k, v in r.items() if k != "near_miss"}  # noqa: E731
+    assert [strip(r) for r in both] == [strip(r) for r in first + second]  # same records, same order, subjects kept
+    assert all(r.get("subject") for r in both[1000:])
+    subjects = {r["subject"] for r in both}
+    assert all(any(s in p for s in subjects) for r in both[:50] for p in r["near_miss"][:-1])  # swaps from both files
+    assert load_requests("counterfact", [edit]) == first  # one file in a list: as the path alone
+    with pytest.raises(RunnerInputError, match="missing.json"):
+        load_requests("counterfact", [edit, os.path.join(SHARED_DATA, "missing.json")])
+
+
 @pytest.mark.parametrize("dataset, path", [("hallucination", "wise/hallucination/hallucination-edit.json"),
                                            ("temporal", "wise/temporal/temporal-edit.json")])
 def test_passage_records_pass_their_subject_and_get_no_near_misses(dataset, path):

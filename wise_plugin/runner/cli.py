@@ -40,7 +40,10 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--dataset", default=None,
                          help="zsre, counterfact, hallucination, temporal or builtin (default: builtin, "
                               "or zsre when --data is given)")
-    compare.add_argument("--data", default=None, help="dataset JSON file (default: the built-in edit set)")
+    compare.add_argument("--data", nargs="+", default=None, metavar="JSON",
+                         help="dataset JSON file, or several edited in the given order as one stream "
+                              "(e.g. counterfact-edit-1k.json counterfact-train-2k.json for T=3000; "
+                              "default: the built-in edit set)")
     compare.add_argument("--T", dest="t_values", nargs="+", type=int, default=list(DEFAULT_T), metavar="T",
                          help="edits per chunk before scoring (default: %(default)s)")
     compare.add_argument("--n", type=int, default=None,
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(args.out, BASELINE_FILE))
     result = run_comparison(specs, requests, fmt, options, args.out)
-    meta = {"command": "wise-plugin " + shlex.join(argv), "data": args.data or "built-in compare_edits.json",
+    meta = {"command": "wise-plugin " + shlex.join(argv), "data": ", ".join(args.data) if args.data else "built-in compare_edits.json",
             "model": specs[0].model_name, "machine": _machine()}
     paths = write_reports(result, args.out, meta)
     print(f"\n{paper_table(result)}\n{detail_table(result)}")

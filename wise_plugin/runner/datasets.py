@@ -13,11 +13,11 @@ import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 from wise_plugin.host import host_attr
 from wise_plugin.runner.errors import RunnerInputError
-from wise_plugin.runner.near_miss import attach_near_miss, subjects_by_prompt
+from wise_plugin.runner.near_miss import as_paths, attach_near_miss, subjects_by_prompt
 
 logger = logging.getLogger("wise_plugin")
 
@@ -164,10 +164,12 @@ _LOADERS: dict[str, Callable[[str], list[dict[str, Any]]]] = {
 }
 
 
-def load_requests(name: str, path: Optional[str] = None, near_miss_pool: Optional[str] = None) -> list[dict[str, Any]]:
-    """Every edit request of the ``name`` dataset at ``path`` (the built-in set when ``path`` is None).
+def load_requests(name: str, path: Union[str, Sequence[str], None] = None,
+                  near_miss_pool: Optional[str] = None) -> list[dict[str, Any]]:
+    """Every edit request of the ``name`` dataset at ``path`` (the built-in set when ``path`` is None);
+    several files are read in order as one stream (CounterFact T=3000: the edit file, then the train file).
 
-    The file's keys are checked first; ZsreDataset skips records with an empty target, as in EasyEdit.
+    The files' keys are checked first; ZsreDataset skips records with an empty target, as in EasyEdit.
     Requests of ZsRE, CounterFact and the built-in set carry their ``near_miss`` prompts
     (:mod:`wise_plugin.runner.near_miss`), which the runner scores and never gives to an editor,
     and the record's ``subject`` where the file names one that occurs in the prompt (as
@@ -179,20 +181,24 @@ def load_requests(name: str, path: Optional[str] = None, near_miss_pool: Optiona
         if name != BUILTIN:
             raise RunnerInputError(f"--dataset {name} needs --data PATH, e.g. ../shared/data/{fmt.example}.")
         path = builtin_path()
-    check_keys(_read_records(path), fmt, path)
+    paths = as_paths(path)
+    if not paths:
+        raise RunnerInputError(f"--data names no file; give the path of a {name} JSON file.")
+    for one in paths:
+        check_keys(_read_records(one), fmt, one)
     if near_miss_pool is not None:
         if not os.path.isfile(near_miss_pool):
             raise RunnerInputError(f"--near-miss-pool {near_miss_pool!r} is not a file; give a {name} JSON file "
                                    f"whose subjects the stream does not edit, e.g. a train split.")
         check_keys(_read_records(near_miss_pool), fmt, near_miss_pool)
-    requests = _LOADERS[name](path)
-    subjects = subjects_by_prompt(path, name)
+    requests = [request for one in paths for request in _LOADERS[name](one)]
+    subjects = subjects_by_prompt(paths, name)
     for request in requests:
         subject = subjects.get(request["prompt"])
         if subject and subject in request["prompt"]:
             request["subject"] = subject
-    for request, prompts in zip(requests, attach_near_miss(requests, name, path, pool=near_miss_pool)):
+    for request, prompts in zip(requests, attach_near_miss(requests, name, paths, pool=near_miss_pool)):
         if prompts:
             request["near_miss"] = prompts
-    logger.info("read %d %s edit requests from %s", len(requests), name, path)
+    logger.info("read %d %s edit requests from %s", len(requests), name, ", ".join(paths))
     return requests

@@ -32,15 +32,27 @@ PROMPT_KEY = {"zsre": "src", "counterfact": "prompt", "builtin": "prompt", "hall
 NEAR_MISS_DATASETS = ("zsre", "counterfact", "builtin")
 
 
-def subjects_by_prompt(path: str, dataset: str) -> dict[str, str]:
-    """Edit prompt -> subject, from the raw records of ``path`` (empty when the file names none)."""
+def as_paths(path: Union[str, Sequence[str], None]) -> list[str]:
+    """One file or several edited as one stream, as a list (empty for None)."""
+    if path is None:
+        return []
+    return [path] if isinstance(path, str) else list(path)
+
+
+def subjects_by_prompt(path: Union[str, Sequence[str]], dataset: str) -> dict[str, str]:
+    """Edit prompt -> subject, from the raw records of ``path`` (one file or several; empty when
+    the files name none). A prompt that two files give keeps the first file's subject."""
     key = PROMPT_KEY.get(dataset)
     if key is None:
         return {}
-    with open(path, encoding="utf-8") as handle:
-        records = json.load(handle)
-    return {r[key]: r["subject"] for r in records
-            if isinstance(r.get("subject"), str) and r["subject"].strip() and isinstance(r.get(key), str)}
+    subjects: dict[str, str] = {}
+    for one in as_paths(path):
+        with open(one, encoding="utf-8") as handle:
+            records = json.load(handle)
+        for r in records:
+            if isinstance(r.get("subject"), str) and r["subject"].strip() and isinstance(r.get(key), str):
+                subjects.setdefault(r[key], r["subject"])
+    return subjects
 
 
 def template(prompt: str, subject: str) -> str:
@@ -70,11 +82,11 @@ def near_miss_prompts(request: dict[str, Any], dataset: str, subjects: dict[str,
     return prompts
 
 
-def attach_near_miss(requests: Sequence[dict[str, Any]], dataset: str, path: Optional[str],
+def attach_near_miss(requests: Sequence[dict[str, Any]], dataset: str, path: Union[str, Sequence[str], None],
                      swaps: int = 2, seed: int = 0, pool: Optional[str] = None) -> list[list[str]]:
     """Near-miss prompts of every request (an empty list where there are none).
 
-    Swapped-in subjects come from the edit file ``path`` itself, or from ``pool``, another file of
+    Swapped-in subjects come from the edit file(s) ``path`` themselves, or from ``pool``, another file of
     the same layout (e.g. the ZsRE train file) whose subjects the stream does not edit: when the
     stream covers the whole edit file, every subject of the file is edited, and its near misses
     then ask about edited subjects; a pool keeps them neighbours at every T.
