@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Collection, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence, Union
 
 # datasets whose locality prompt is a near miss of the edit (same relation, other subject)
 LOCALITY_IS_NEAR_MISS = ("counterfact", "builtin")
