@@ -38,7 +38,7 @@ from wise_plugin.runner.editors import EditorSpec, ModelFactory, build_editor
 from wise_plugin.host.guard import editor_parts, plugin_kind
 from wise_plugin.runner.errors import RunnerInputError
 from wise_plugin.runner.baseline import BaselineScores, scoring_profile
-from wise_plugin.runner.near_miss import near_miss_fields, stream_prompts, without_stream_prompts
+from wise_plugin.runner.near_miss import counted, near_miss_fields, stream_prompts, without_stream_prompts
 from wise_plugin.runner.partial import PartialChunk
 from wise_plugin.runner.store import ResultStore
 from wise_plugin.wise.caches import SetupCache
@@ -249,9 +249,10 @@ def _score_after(editor: Any, request: dict[str, Any], index: int, fmt: DatasetF
         record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
         record.update(_wild(editor, request))
     prompts = request.get("near_miss", [])
-    kept = [(prompt, pre) for prompt, pre in zip(prompts, near_before) if prompt not in edited]
-    after = _near_miss_answers(editor, [prompt for prompt, _ in kept], options.near_miss_tokens) if kept else []
-    record.update(near_miss_fields(prompts, {prompt for a, (prompt, pre) in zip(after, kept) if a != pre}, edited))
+    before_of = dict(zip(prompts, near_before))
+    kept = counted(prompts, edited)
+    after = _near_miss_answers(editor, kept, options.near_miss_tokens) if kept else []
+    record.update(near_miss_fields(prompts, {prompt for prompt, a in zip(kept, after) if a != before_of[prompt]}, edited))
     return record
 
 
