@@ -69,6 +69,26 @@ def test_wise_memory_answers_only_rows_naming_its_subject(tok):
     assert _routes(model, tok, layer, QUESTIONS) == [0, 0, 0, 0]
 
 
+def test_anchor_route_sends_rows_naming_the_subject_to_its_memory_below_the_threshold(tok):
+    from conftest import HPARAMS_DIR, tiny_llama
+    from wise_plugin import WISEHyperParams, apply_wise_to_model
+    from wise_plugin.wise import find_layer
+
+    hparams = WISEHyperParams.from_hparams(f"{HPARAMS_DIR}/smollm2-135m.yaml")
+    hparams.inner_params, hparams.n_iter, hparams.n_prefixes, hparams.lifelong = \
+        ["model.layers[1].mlp.down_proj.weight"], 3, 2, True
+    model = tiny_llama()
+    apply_wise_to_model(model, tok, [{"prompt": QUESTIONS[0], "target_new": "Melbourne", "subject": "Australia"}], hparams)
+    layer = find_layer(model)
+    layer.book.threshold = float("inf")  # no row scores above it: by score alone nothing is routed
+    layer.anchor_route = False
+    assert _routes(model, tok, layer, QUESTIONS) == [-1, -1, -1, -1]
+    layer.anchor_route = True  # the anchors alone decide for memories that have them
+    assert _routes(model, tok, layer, QUESTIONS) == [0, 0, -1, -1]
+    layer.book.anchors.groups = [None]  # an open memory still needs its threshold
+    assert _routes(model, tok, layer, QUESTIONS) == [-1, -1, -1, -1]
+
+
 def test_lemoe_expert_answers_only_rows_naming_its_subject(tok):
     from test_lemoe import tiny_hparams
     from conftest import tiny_llama

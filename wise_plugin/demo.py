@@ -46,7 +46,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     hparams.lifelong = True  # keep every edit: the metrics below are read after the last one
     editor = load_editor(hparams)
     requests = demo_requests()
+    # Rephrases are statements, not questions: after a bare question ("Which city is the capital of
+    # Australia?") the unedited instruct model ends its turn (greedy <|im_end|> on all five), so a
+    # question would measure the chat format, not whether the edit carries over to new wording.
     probes = [(r["prompt"], r["target_new"]) for r in requests] + [
+        (r["rephrase_prompt"], r["target_new"]) for r in requests] + [
         (r["locality"]["neighborhood"]["prompt"], r["locality"]["neighborhood"]["ground_truth"]) for r in requests
     ]
     before = {p: greedy_answer(editor.model, editor.tok, p) for p, _ in probes}

@@ -20,7 +20,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``, ``stop_token_share``,
-    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -80,6 +80,9 @@ class WISEHyperParams(HyperParams):
     route_by: str = "score"  # WISE-Retrieve top-1 rule: "score" (the paper), "ratio" (score / own threshold), "newest"
     # Route a row to a memory only when it names the subject of one of that memory's edits (core/anchors.py).
     subject_anchor: bool = False
+    # With subject_anchor: a row naming the subject of one of a memory's edits goes to that memory
+    # even when its routing score is below the memory's threshold.
+    anchor_route: bool = False
     # dtype of the values a retired WISE-Retrieve memory keeps on its support (wise/retired.py)
     memory_dtype: str = "float16"
     # replay draws from a seeded reservoir sample of at most this many earlier edits, whose

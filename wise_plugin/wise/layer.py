@@ -81,6 +81,7 @@ class WISELayer(nn.Module):
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None  # per-row memory index kept during generation
         self.anchor_hits: Optional[torch.Tensor] = None  # (rows, memories): row names a subject of the memory
+        self.anchor_route = False  # a row naming a memory's subject goes there even below its threshold
         self.last_scores: Optional[torch.Tensor] = None
         self.last_inputs: Optional[torch.Tensor] = None
         self.step_delta: Optional[torch.Tensor] = None  # W' - W of the current edit iteration
@@ -151,7 +152,8 @@ class WISELayer(nn.Module):
         A row goes to the memory with the highest routing score (or, with ``route_by == "ratio"``,
         the highest score over that memory's threshold; with ``"newest"``, the most recent memory)
         among those above their own threshold (top-1) whose subject anchors the row names (see
-        :mod:`wise_plugin.core.anchors`; memories without anchors are open). Only candidates, the
+        :mod:`wise_plugin.core.anchors`; memories without anchors are open). With ``anchor_route``
+        the anchor alone admits a row to an anchored memory, whatever its score. Only candidates, the
         (row, memory) pairs the anchors allow, are scored. While a KV cache grows, the prompt's
         decision is kept.
         """
@@ -175,6 +177,11 @@ class WISELayer(nn.Module):
             scores[rows, memory] = row_scores(token_scores(delta), mask[rows])
             computed[memory] = (rows, delta)
         above = candidates & (scores > thresholds)
+        if self.anchor_route and hits is not None and hits.shape == candidates.shape:
+            gated = torch.tensor([g is not None for g in self.book.anchors.groups[:thresholds.numel()]]
+                                 + [False] * max(0, thresholds.numel() - len(self.book.anchors.groups)),
+                                 dtype=torch.bool, device=x.device)
+            above |= candidates & gated
         if self.route_by == "newest":  # later memories were trained to reject earlier edits, not the reverse
             rank = torch.arange(scores.shape[-1], device=x.device, dtype=scores.dtype).expand_as(scores)
         else:
