@@ -103,6 +103,22 @@ def test_lemoe_expert_answers_only_rows_naming_its_subject(tok):
     assert _routes(model, tok, layer, QUESTIONS) == [0, 0, -1, -1]
 
 
+def test_lemoe_anchor_route_opens_the_gate_for_rows_naming_the_experts_subject(tok):
+    from test_lemoe import tiny_hparams
+    from conftest import tiny_llama
+    from wise_plugin.lemoe import apply_lemoe_to_model, find_layer
+
+    model = tiny_llama()
+    hparams = tiny_hparams(gate=True, subject_anchor=True, lifelong=True)
+    apply_lemoe_to_model(model, tok, [{"prompt": QUESTIONS[0], "target_new": "Melbourne", "subject": "Australia"}], hparams)
+    layer = find_layer(model)
+    layer.thresholds = [float("inf")]  # the gate alone closes for every row
+    layer.anchor_route = False
+    assert _routes(model, tok, layer, QUESTIONS) == [-1, -1, -1, -1]
+    layer.anchor_route = True
+    assert _routes(model, tok, layer, QUESTIONS) == [0, 0, -1, -1]
+
+
 def test_anchored_replay_keeps_only_earlier_edits_that_name_the_active_memorys_subjects(tok):
     from wise_plugin.wise.config import WISEHyperParams
     from wise_plugin.wise.layer import WISELayer

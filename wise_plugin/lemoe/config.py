@@ -48,6 +48,8 @@ class LEMoEHyperParams(HyperParams):
     loc_pool: Optional[str] = "builtin"
     # An expert answers only rows naming the subject of one of its edits (core/anchors.py; not in the paper).
     subject_anchor: bool = False
+    # With gate and subject_anchor: a row naming a subject of its expert's edits passes that expert's gate.
+    anchor_route: bool = False
     # Order planning for whole-batch calls (k-means over edit embeddings).
     plan: bool = True
     # Host keys.

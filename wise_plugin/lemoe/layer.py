@@ -82,6 +82,7 @@ class LEMoELayer(nn.Module):
         self.pooled: Optional[torch.Tensor] = None
         self.anchors = AnchorIndex()  # subject anchors of each expert's edits (subject_anchor)
         self.anchor_hits: Optional[torch.Tensor] = None  # (rows, experts) of the current forward, set by the hook
+        self.anchor_route = False  # with the gate: a row naming an expert's subject passes the gate of that expert
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None
         self.last_choice: Optional[torch.Tensor] = None
@@ -136,6 +137,7 @@ class LEMoELayer(nn.Module):
 
         ``hits`` (rows, experts), from subject anchors: a row may only go to an expert one of whose
         edits' subjects it names (see :mod:`wise_plugin.core.anchors`); no such expert, no expert.
+        With ``anchor_route``, naming the chosen expert's subject also opens its locality gate.
         """
         keys = self.key_matrix()
         if keys.shape[0] == 0:
@@ -152,7 +154,14 @@ class LEMoELayer(nn.Module):
         if self.gate:
             limits = torch.tensor([float("-inf") if t is None else t for t in self.thresholds],
                                   device=cosine.device, dtype=cosine.dtype)
-            choice = torch.where(cosine >= limits[choice], choice, torch.full_like(choice, -1))
+            passes = cosine >= limits[choice]
+            if self.anchor_route and allowed is not None:
+                anchored = torch.tensor([g is not None for g in self.anchors.groups[:keys.shape[0]]]
+                                        + [False] * max(0, keys.shape[0] - len(self.anchors.groups)),
+                                        dtype=torch.bool, device=cosine.device)
+                named = allowed.gather(1, choice.clamp(min=0).unsqueeze(1)).squeeze(1)
+                passes |= (choice >= 0) & named & anchored[choice.clamp(min=0)]
+            choice = torch.where(passes, choice, torch.full_like(choice, -1))
         return choice, cosine
 
     def expert_delta(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:

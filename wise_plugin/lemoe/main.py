@@ -57,6 +57,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
     device = input_device(model)
     with editing(model, handle):
         layer.gate = hparams.gate
+        layer.anchor_route = hparams.anchor_route
         if hparams.gate and layer.pool_embeds is None:
             layer.pool_embeds = pooled_embeddings(model, tok, list(load_loc_pool(hparams.loc_pool))).to(layer.device)
         requests = list(requests)

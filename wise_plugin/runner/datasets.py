@@ -197,7 +197,7 @@ def load_requests(name: str, path: Union[str, Sequence[str], None] = None,
         subject = subjects.get(request["prompt"])
         if subject and subject in request["prompt"]:
             request["subject"] = subject
-    for request, prompts in zip(requests, attach_near_miss(requests, name, paths, pool=near_miss_pool)):
+    for request, prompts in zip(requests, attach_near_miss(requests, name, paths, pool=near_miss_pool, subjects=subjects)):
         if prompts:
             request["near_miss"] = prompts
     logger.info("read %d %s edit requests from %s", len(requests), name, ", ".join(paths))

@@ -83,17 +83,20 @@ def near_miss_prompts(request: dict[str, Any], dataset: str, subjects: dict[str,
 
 
 def attach_near_miss(requests: Sequence[dict[str, Any]], dataset: str, path: Union[str, Sequence[str], None],
-                     swaps: int = 2, seed: int = 0, pool: Optional[str] = None) -> list[list[str]]:
+                     swaps: int = 2, seed: int = 0, pool: Optional[str] = None,
+                     subjects: Optional[dict[str, str]] = None) -> list[list[str]]:
     """Near-miss prompts of every request (an empty list where there are none).
 
     Swapped-in subjects come from the edit file(s) ``path`` themselves, or from ``pool``, another file of
     the same layout (e.g. the ZsRE train file) whose subjects the stream does not edit: when the
     stream covers the whole edit file, every subject of the file is edited, and its near misses
-    then ask about edited subjects; a pool keeps them neighbours at every T.
+    then ask about edited subjects; a pool keeps them neighbours at every T. ``subjects``:
+    ``subjects_by_prompt(path, dataset)`` when the caller has it already (read once, not twice).
     """
     if dataset not in NEAR_MISS_DATASETS:
         return [[] for _ in requests]
-    subjects = subjects_by_prompt(path, dataset) if path else {}
+    if subjects is None:
+        subjects = subjects_by_prompt(path, dataset) if path else {}
     swapped = subjects_by_prompt(pool, dataset) if pool else subjects
     if pool:
         edited = set(subjects.values())
