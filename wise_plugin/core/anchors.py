@@ -61,13 +61,21 @@ class AnchorIndex:
                     self._by_first.setdefault(anchor[0], []).append((memory, anchor))
         return self._by_first
 
+    def anchored(self, memories: int) -> torch.Tensor:
+        """(memories,) bool: the memory has subject anchors (False for open memories and for those
+        with no edit booked yet)."""
+        flags = torch.zeros(memories, dtype=torch.bool)
+        for memory, anchors in enumerate(self.groups[:memories]):
+            flags[memory] = anchors is not None
+        return flags
+
     def hits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], memories: int) -> torch.Tensor:
         """(rows, memories) bool: the row's real tokens contain an anchor of the memory (always true
         for memories without anchors)."""
         rows = input_ids.shape[0]
         found = torch.ones(rows, memories, dtype=torch.bool)
-        gated = [memory for memory, anchors in enumerate(self.groups[:memories]) if anchors is not None]
-        if not gated:
+        gated = self.anchored(memories)
+        if not bool(gated.any()):
             return found.to(input_ids.device)
         found[:, gated] = False
         first = self._lookup()

@@ -155,12 +155,9 @@ class LEMoELayer(nn.Module):
             limits = torch.tensor([float("-inf") if t is None else t for t in self.thresholds],
                                   device=cosine.device, dtype=cosine.dtype)
             passes = cosine >= limits[choice]
-            if self.anchor_route and allowed is not None:
-                anchored = torch.tensor([g is not None for g in self.anchors.groups[:keys.shape[0]]]
-                                        + [False] * max(0, keys.shape[0] - len(self.anchors.groups)),
-                                        dtype=torch.bool, device=cosine.device)
-                named = allowed.gather(1, choice.clamp(min=0).unsqueeze(1)).squeeze(1)
-                passes |= (choice >= 0) & named & anchored[choice.clamp(min=0)]
+            if self.anchor_route and allowed is not None:  # the row names a subject of its anchored expert
+                named = allowed & self.anchors.anchored(keys.shape[0]).to(allowed.device)
+                passes |= (choice >= 0) & named.gather(1, choice.clamp(min=0).unsqueeze(1)).squeeze(1)
             choice = torch.where(passes, choice, torch.full_like(choice, -1))
         return choice, cosine
 

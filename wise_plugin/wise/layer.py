@@ -178,10 +178,7 @@ class WISELayer(nn.Module):
             computed[memory] = (rows, delta)
         above = candidates & (scores > thresholds)
         if self.anchor_route and hits is not None and hits.shape == candidates.shape:
-            gated = torch.tensor([g is not None for g in self.book.anchors.groups[:thresholds.numel()]]
-                                 + [False] * max(0, thresholds.numel() - len(self.book.anchors.groups)),
-                                 dtype=torch.bool, device=x.device)
-            above |= candidates & gated
+            above |= candidates & self.book.anchors.anchored(thresholds.numel()).to(x.device)
         if self.route_by == "newest":  # later memories were trained to reject earlier edits, not the reverse
             rank = torch.arange(scores.shape[-1], device=x.device, dtype=scores.dtype).expand_as(scores)
         else:
