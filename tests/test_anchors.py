@@ -140,3 +140,57 @@ def test_anchored_replay_keeps_only_earlier_edits_that_name_the_active_memorys_s
     assert sorted(anchored.replayed) == sorted(f"{p} {t}" for p, t in earlier if "Darrieux" in p)
     unanchored = _draw_loc(layer, tok, request, hparams, None)  # an open memory replays every earlier edit
     assert sorted(unanchored.replayed) == sorted(f"{p} {t}" for p, t in earlier)
+
+
+def test_named_from_gives_where_each_row_has_read_the_subject(tok):
+    index = AnchorIndex()
+    index.add(0, subject_anchors(tok, {"prompt": "Paris is the capital of", "subject": "Paris"}))
+    index.add(1, None)  # open memory: acts from the first position
+    rows = ["Leibniz worked in the city of Paris", "Paris is the capital of", "Who wrote Hamlet?"]
+    encoded = tok(rows, padding=True, return_tensors="pt", padding_side="left")
+    start = index.named_from(encoded["input_ids"], encoded["attention_mask"], memories=2)
+    length = encoded["input_ids"].shape[1]
+    assert start[0, 0] == length - 1  # " Paris" is the last token of the first row
+    pad = int((encoded["attention_mask"][1] == 0).sum())
+    assert start[1, 0] == pad + len(tok("Paris", add_special_tokens=False)["input_ids"]) - 1
+    assert start[2, 0] == length and start[:, 1].tolist() == [0, 0, 0]
+    assert index.hits(encoded["input_ids"], encoded["attention_mask"], 2).tolist() == \
+        [[True, True], [True, True], [False, True]]
+
+
+def _logits(model, tok, text):
+    encoded = tok([text], return_tensors="pt")
+    with torch.no_grad():
+        return model(**encoded).logits[0]
+
+
+@pytest.mark.parametrize("editor", ["WISE", "LEMoE"])
+def test_an_edited_subject_in_the_answer_leaves_the_predictions_before_it(tok, editor):
+    """A teacher-forced locality row whose answer is an edited subject: the memory (expert) the
+    answer names may act from that answer on, never on the positions that predict it."""
+    from conftest import HPARAMS_DIR, tiny_llama
+    from test_lemoe import tiny_hparams
+    from wise_plugin import WISEHyperParams, apply_wise_to_model
+    from wise_plugin.lemoe import apply_lemoe_to_model, find_layer as find_lemoe
+    from wise_plugin.wise import find_layer as find_wise
+
+    model = tiny_llama()
+    unedited = _logits(model, tok, "Leibniz worked in the city of Paris")
+    request = {"prompt": "Paris is the capital of", "target_new": "Italy", "subject": "Paris"}
+    if editor == "WISE":
+        hparams = WISEHyperParams.from_hparams(f"{HPARAMS_DIR}/smollm2-135m.yaml")
+        hparams.inner_params, hparams.n_iter, hparams.n_prefixes, hparams.lifelong = \
+            ["model.layers[1].mlp.down_proj.weight"], 3, 2, True
+        apply_wise_to_model(model, tok, [request], hparams)
+        layer = find_wise(model)
+        layer.book.threshold = -float("inf")  # every row that names the subject is routed
+    else:
+        apply_lemoe_to_model(model, tok, [request], tiny_hparams(gate=False, subject_anchor=True, lifelong=True))
+        layer = find_lemoe(model)
+    edited = _logits(model, tok, "Leibniz worked in the city of Paris")
+    choice = layer.cached_choice if editor == "WISE" else layer.last_choice
+    assert choice.tolist() == [0]  # the row is routed (it names the subject in its answer) ...
+    assert torch.allclose(edited[:-1], unedited[:-1], atol=1e-5)  # ... yet nothing before " Paris" moves
+    assert not torch.allclose(edited[-1], unedited[-1], atol=1e-5)  # from the subject on, the edit acts
+    prompt_logits = _logits(model, tok, "Paris is the capital of")
+    assert not torch.allclose(prompt_logits[-1], _logits(tiny_llama(), tok, "Paris is the capital of")[-1], atol=1e-5)
