@@ -4,9 +4,8 @@ Activation-based routing scores the relation's words as much as the subject, so 
 tongue of Léon Blum is" reaches the memory that holds "The mother tongue of Danielle Darrieux is".
 An anchor is the token sequence of an edit's subject (with and without a leading space, as the
 tokenizer writes it mid-sentence and at the start); a row passes a memory's gate when it contains
-one of the anchors of that memory's edits, and the memory acts on it from the anchor's last token
-on (``named_from``). Paraphrases name the subject, so they pass; near misses and unrelated inputs
-do not. The subject is the request's ``subject`` when it occurs in the
+one of the anchors of that memory's edits. Paraphrases name the subject, so they pass; near
+misses and unrelated inputs do not. The subject is the request's ``subject`` when it occurs in the
 prompt, else a guess (:func:`wise_plugin.core.subjects.request_subject`).
 """
 
@@ -29,12 +28,6 @@ def subject_anchors(tok: Any, request: dict[str, Any]) -> Optional[list[Anchor]]
         return None
     variants = {tuple(tok(text, add_special_tokens=False)["input_ids"]) for text in (subject, " " + subject)}
     return sorted(v for v in variants if v)
-
-
-def acting_positions(start: torch.Tensor, length: int) -> torch.Tensor:
-    """(rows, length, 1) bool: the positions of each row a memory acts on, those from ``start``
-    (its ``AnchorIndex.named_from`` entry) on."""
-    return (torch.arange(length, device=start.device)[None, :] >= start[:, None]).unsqueeze(-1)
 
 
 class AnchorIndex:
@@ -76,40 +69,26 @@ class AnchorIndex:
             flags[memory] = anchors is not None
         return flags
 
-    def named_from(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], memories: int) -> torch.Tensor:
-        """(rows, memories) long: the position (in the padded row) of the last token of the first
-        anchor of the memory that the row names; 0 for memories without anchors (open from the
-        start), the row length when the row does not name it.
-
-        A memory acts on a row only from that position on: a teacher-forced row holds its answer
-        after the prompt, and an answer that happens to be an edited subject ("... worked in the
-        city of" + " Paris") must not change the predictions before it, as it cannot in generation.
-        """
-        rows, length = input_ids.shape
-        start = torch.zeros(rows, memories, dtype=torch.long)
+    def hits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], memories: int) -> torch.Tensor:
+        """(rows, memories) bool: the row's real tokens contain an anchor of the memory (always true
+        for memories without anchors)."""
+        rows = input_ids.shape[0]
+        found = torch.ones(rows, memories, dtype=torch.bool)
         gated = self.anchored(memories)
         if not bool(gated.any()):
-            return start.to(input_ids.device)
-        start[:, gated] = length
+            return found.to(input_ids.device)
+        found[:, gated] = False
         first = self._lookup()
         ids = input_ids.tolist()
         real = attention_mask.bool().tolist() if attention_mask is not None else None
         for row, tokens in enumerate(ids):
-            keep = real[row][-len(tokens):] if real is not None else [True] * len(tokens)
-            positions = [p for p, k in enumerate(keep) if k]  # padded positions of the real tokens
-            content = [tokens[p] for p in positions]
-            for index, token in enumerate(content):
+            if real is not None:
+                tokens = [t for t, keep in zip(tokens, real[row][-len(tokens):]) if keep]
+            for start, token in enumerate(tokens):
                 for memory, anchor in first.get(token, ()):
-                    if memory < memories and tuple(content[index:index + len(anchor)]) == anchor:
-                        end = positions[index + len(anchor) - 1]
-                        if end < start[row, memory]:
-                            start[row, memory] = end
-        return start.to(input_ids.device)
-
-    def hits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], memories: int) -> torch.Tensor:
-        """(rows, memories) bool: the row's real tokens contain an anchor of the memory (always true
-        for memories without anchors)."""
-        return self.named_from(input_ids, attention_mask, memories) < input_ids.shape[1]
+                    if memory < memories and tuple(tokens[start:start + len(anchor)]) == anchor:
+                        found[row, memory] = True
+        return found.to(input_ids.device)
 
     def state(self) -> list[Optional[list[list[int]]]]:
         """JSON form, for checkpoints."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wise_plugin.core.anchors import AnchorIndex, acting_positions
+from wise_plugin.core.anchors import AnchorIndex
 from wise_plugin.core.modules import tensor_bytes
 
 
@@ -82,7 +82,6 @@ class LEMoELayer(nn.Module):
         self.pooled: Optional[torch.Tensor] = None
         self.anchors = AnchorIndex()  # subject anchors of each expert's edits (subject_anchor)
         self.anchor_hits: Optional[torch.Tensor] = None  # (rows, experts) of the current forward, set by the hook
-        self.anchor_from: Optional[torch.Tensor] = None  # (rows, experts): where each row names the expert's subject
         self.anchor_route = False  # with the gate: a row naming an expert's subject passes the gate of that expert
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None
@@ -191,14 +190,7 @@ class LEMoELayer(nn.Module):
         if bool((choice < 0).all()):
             return out
         hidden = out[0] if isinstance(out, tuple) else out
-        delta = self.expert_delta(x, choice.to(x.device))
-        start = self.anchor_from
-        if not self.continuing and self.force_expert is None and start is not None \
-                and start.shape == (x.shape[0], len(self.experts)):
-            # an expert acts from where its subject has been read (core/anchors.py, named_from)
-            start = start.to(x.device).gather(1, choice.clamp(min=0).to(x.device).unsqueeze(1)).squeeze(1)
-            delta = delta * acting_positions(start, x.shape[1])
-        hidden = hidden + delta.to(hidden.dtype)
+        hidden = hidden + self.expert_delta(x, choice.to(x.device)).to(hidden.dtype)
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
     def snapshot(self) -> dict[str, Any]:

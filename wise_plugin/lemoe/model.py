@@ -54,9 +54,8 @@ def _routing_pre_hook(layer: LEMoELayer, embeddings: nn.Module):
                 embeds = embeddings(ids)
             layer.pooled = None if embeds is None else pool(embeds.float(), None if mask is None or mask.dim() != 2 else mask)
         groups = layer.anchors.groups
-        layer.anchor_from = None if ids is None or not any(g is not None for g in groups) else \
-            layer.anchors.named_from(ids, mask if mask is not None and mask.dim() == 2 else None, len(layer.experts))
-        layer.anchor_hits = None if layer.anchor_from is None else layer.anchor_from < ids.shape[1]
+        layer.anchor_hits = None if ids is None or not any(g is not None for g in groups) else \
+            layer.anchors.hits(ids, mask if mask is not None and mask.dim() == 2 else None, len(layer.experts))
 
     return hook
 

@@ -13,7 +13,6 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from wise_plugin.core.anchors import acting_positions
 from wise_plugin.core.modules import tensor_bytes
 from wise_plugin.wise.caches import EditCaches
 from wise_plugin.wise.memory import MemoryBook, Probe
@@ -82,7 +81,6 @@ class WISELayer(nn.Module):
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None  # per-row memory index kept during generation
         self.anchor_hits: Optional[torch.Tensor] = None  # (rows, memories): row names a subject of the memory
-        self.anchor_from: Optional[torch.Tensor] = None  # (rows, memories): where the row names it (core/anchors.py)
         self.anchor_route = False  # a row naming a memory's subject goes there even below its threshold
         self.last_scores: Optional[torch.Tensor] = None
         self.last_inputs: Optional[torch.Tensor] = None
@@ -130,19 +128,10 @@ class WISELayer(nn.Module):
             rows = choice == memory
             if memory in computed:  # scored while routing: reuse the change it made to the candidates
                 scored_rows, delta = computed[memory]
-                change = delta[rows[scored_rows]]
+                out[rows] = out[rows] + delta[rows[scored_rows]]
             else:  # decision kept from the prompt: only the chosen memory is computed
-                change = self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
-            out[rows] = out[rows] + self._from_anchor(change, rows, memory)
+                out[rows] = out[rows] + self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
         return out
-
-    def _from_anchor(self, change: torch.Tensor, rows: torch.Tensor, memory: int) -> torch.Tensor:
-        """``change`` on the positions from where each row names the memory's subject on (zero before):
-        a teacher-forced answer that names an edited subject must not change the predictions before it."""
-        start = self.anchor_from
-        if self.continuing or start is None or start.shape != (rows.shape[0], len(self.thresholds())):
-            return change
-        return change * acting_positions(start.to(rows.device)[rows, memory], change.shape[1]).to(change.dtype)
 
     # -- memories and routing ---------------------------------------------------------------------
     def thresholds(self) -> list[float]:

@@ -80,9 +80,8 @@ def _routing_pre_hook(layer: WISELayer):
         if not layer.continuing:
             layer.cached_choice = None
             anchors = layer.book.anchors
-            layer.anchor_from = None if ids is None or not any(g is not None for g in anchors.groups) else \
-                anchors.named_from(ids, kwargs.get("attention_mask"), len(layer.thresholds()))
-            layer.anchor_hits = None if layer.anchor_from is None else layer.anchor_from < ids.shape[1]
+            layer.anchor_hits = None if ids is None or not any(g is not None for g in anchors.groups) else \
+                anchors.hits(ids, kwargs.get("attention_mask"), len(layer.thresholds()))
 
     return hook
 
