@@ -163,7 +163,9 @@ class WISELayer(nn.Module):
         thresholds = torch.tensor(self.thresholds(), device=x.device, dtype=torch.float32)
         candidates = torch.ones(batch, thresholds.numel(), dtype=torch.bool, device=x.device)
         hits = self.anchor_hits
-        if hits is not None and hits.shape == candidates.shape:  # subject anchors gate their memories
+        if hits is not None and hits.shape != candidates.shape:  # not from this call's rows: no anchor gating
+            hits = None
+        if hits is not None:  # subject anchors gate their memories
             candidates &= hits.to(x.device)
         mask = self.token_mask
         if mask is None or mask.shape[0] != batch:
@@ -177,7 +179,7 @@ class WISELayer(nn.Module):
             scores[rows, memory] = row_scores(token_scores(delta), mask[rows])
             computed[memory] = (rows, delta)
         above = candidates & (scores > thresholds)
-        if self.anchor_route and hits is not None and hits.shape == candidates.shape:
+        if self.anchor_route and hits is not None:
             above |= candidates & self.book.anchors.anchored(thresholds.numel()).to(x.device)
         if self.route_by == "newest":  # later memories were trained to reject earlier edits, not the reverse
             rank = torch.arange(scores.shape[-1], device=x.device, dtype=scores.dtype).expand_as(scores)
