@@ -267,6 +267,39 @@ def test_changed_settings_are_not_taken_from_stored_chunks(full_run, tiny_yamls,
     assert models.calls == 2  # another seed: both FT chunks run again
 
 
+def test_chunks_imported_from_an_earlier_results_json_are_not_run_again(full_run, tiny_yamls, smollm2_path,
+                                                                         tmp_path):
+    reference, _, _ = full_run
+    saved = write_reports(reference, str(tmp_path / "earlier"))["results.json"]
+    args = (load_specs(tiny_yamls), load_requests("builtin"), dataset_format("builtin"), OPTIONS)
+    models = TinyModels(smollm2_path)
+    imported = run_comparison(*args, str(tmp_path / "here"), model_factory=models, imports=[saved])
+    assert models.calls == 0 and imported["summary"] == reference["summary"]
+    assert [line["records"] for line in imported["chunks"]] == [line["records"] for line in reference["chunks"]]
+
+    # another seed gives other keys: nothing is taken, both FT chunks run
+    models = TinyModels(smollm2_path)
+    run_comparison(load_specs(tiny_yamls[1:]), load_requests("builtin"), dataset_format("builtin"),
+                   RunOptions(t_values=(1,), n=2, seed=1, progress=False), str(tmp_path / "seed1"),
+                   model_factory=models, imports=[saved])
+    assert models.calls == 2
+
+
+def test_an_import_that_is_not_a_keyed_results_json_stops_before_any_edit(full_run, tiny_yamls, smollm2_path,
+                                                                           tmp_path):
+    reference, _, _ = full_run
+    saved = json.load(open(write_reports(reference, str(tmp_path))["results.json"], encoding="utf-8"))
+    del saved["chunks"]  # what results.json files held before chunk keys were written
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(saved))
+    args = (load_specs(tiny_yamls), load_requests("builtin"), dataset_format("builtin"), OPTIONS, str(tmp_path / "o"))
+    for path, words in ((str(old), "no chunk keys"), (str(tmp_path / "missing.json"), "no such file")):
+        models = TinyModels(smollm2_path)
+        with pytest.raises(RunnerInputError, match=words):
+            run_comparison(*args, model_factory=models, imports=[path])
+        assert models.calls == 0
+
+
 @pytest.mark.parametrize("name, path, metrics", [
     ("hallucination", "wise/hallucination/hallucination-edit.json", ("ppl", "loc")),
     ("temporal", "wise/temporal/temporal-edit.json", ("rel", "ood", "loc", "avg")),

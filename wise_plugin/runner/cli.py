@@ -65,6 +65,10 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                          help="save WISE/LEMoE progress inside a chunk every K edits, so that rerunning the command "
                               "after an interruption continues the chunk (default: chunks start over)")
+    compare.add_argument("--import-results", nargs="+", default=(), metavar="JSON",
+                         help="results.json files of earlier runs (e.g. docs/results/*.json or a run on another "
+                              "machine): their chunks whose editor config, model, data and scoring settings match "
+                              "this run's are taken instead of run again")
     compare.add_argument("--fresh", action="store_true", help="discard stored chunks and unedited-model scores in --out instead of resuming")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     from wise_plugin.runner.errors import RunnerInputError
     from wise_plugin.runner.partial import PARTIAL_DIR
     from wise_plugin.runner.protocol import RunOptions, run_comparison, select_sample
-    from wise_plugin.runner.store import RESULTS_FILE
+    from wise_plugin.runner.store import RESULTS_FILE, chunk_lines_of
     from wise_plugin.runner.report import detail_table, paper_table, write_reports
 
     name = args.dataset or (BUILTIN if args.data is None else "zsre")
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise RunnerInputError(f"--checkpoint-every {args.checkpoint_every}: give a number of edits >= 1.")
     select_sample(requests, options)  # bad T or --n stop here, before --fresh discards anything
+    for path in args.import_results:  # as do unreadable --import-results files
+        chunk_lines_of(path)
     stored = os.path.join(args.out, RESULTS_FILE)
     if args.fresh and os.path.exists(stored):
         os.remove(stored)
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         shutil.rmtree(os.path.join(args.out, PARTIAL_DIR), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(args.out, BASELINE_FILE))
-    result = run_comparison(specs, requests, fmt, options, args.out)
+    result = run_comparison(specs, requests, fmt, options, args.out, imports=args.import_results)
     meta = {"command": "wise-plugin " + shlex.join(argv), "data": ", ".join(args.data) if args.data else "built-in compare_edits.json",
             "model": specs[0].model_name, "machine": _machine()}
     paths = write_reports(result, args.out, meta)

@@ -40,7 +40,7 @@ from wise_plugin.runner.errors import RunnerInputError
 from wise_plugin.runner.baseline import BaselineScores, scoring_profile
 from wise_plugin.runner.near_miss import counted, near_miss_fields, stream_prompts, without_stream_prompts
 from wise_plugin.runner.partial import PartialChunk
-from wise_plugin.runner.store import ResultStore
+from wise_plugin.runner.store import ResultStore, import_results
 from wise_plugin.wise.caches import SetupCache
 
 logger = logging.getLogger("wise_plugin")
@@ -423,10 +423,12 @@ def _upgrade_stored(store: ResultStore, key: str, legacy: str, requests: Sequenc
 
 def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any]], fmt: DatasetFormat,
                    options: RunOptions, out_dir: str,
-                   model_factory: Optional[ModelFactory] = None) -> dict[str, Any]:
+                   model_factory: Optional[ModelFactory] = None,
+                   imports: Sequence[str] = ()) -> dict[str, Any]:
     """Run (or resume) every chunk of every editor and T; returns summary rows and all chunk lines.
 
-    Inputs are checked before the first edit. The result holds, per editor and T, the chunk means
+    Inputs are checked before the first edit. Chunks found in the ``results.json`` files of
+    ``imports`` under the key this run gives them are taken from there instead of run. The result holds, per editor and T, the chunk means
     (``summary``), and the stored chunk lines in run order (``chunks``).
     """
     sample = with_loc_prompts(select_sample(requests, options), options)
@@ -434,6 +436,8 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
     store = ResultStore(out_dir)
     jobs = [(spec, chunk, chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], options))
             for spec in specs for chunk in chunks]
+    if imports:
+        import_results(store, imports, {key for _, _, key in jobs})
     for spec, chunk, key in jobs:
         if key not in store:
             _upgrade_stored(store, key, chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, None),

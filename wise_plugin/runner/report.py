@@ -137,8 +137,11 @@ def write_reports(result: dict[str, Any], out_dir: str, meta: Optional[dict[str,
         writer.writeheader()
         writer.writerows(records(result))
     with open(paths["results.json"], "w", encoding="utf-8") as handle:
-        json.dump({**{k: v for k, v in result.items() if k != "chunks"}, "meta": meta, "records": records(result)},
-                  handle, indent=1)
+        # each chunk's key, costs and seconds without its records, so that --import-results can
+        # join them again (wise_plugin.runner.store.chunk_lines_of)
+        chunks = [{k: v for k, v in line.items() if k != "records"} for line in result["chunks"]]
+        json.dump({**{k: v for k, v in result.items() if k != "chunks"}, "meta": meta, "chunks": chunks,
+                   "records": records(result)}, handle, indent=1)
     if plot(result, paths["metrics.png"]) is None:
         del paths["metrics.png"]
     return paths

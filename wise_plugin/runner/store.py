@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Collection, Sequence
 
 import numpy as np
+
+from wise_plugin.runner.errors import RunnerInputError
 
 logger = logging.getLogger("wise_plugin")
 
 RESULTS_FILE = "chunks.jsonl"
+CHUNK_TAGS = ("editor", "T", "chunk")  # what results.json adds to each record to name its chunk
 
 
 def json_ready(value: Any) -> Any:
@@ -74,3 +77,47 @@ class ResultStore:
             handle.flush()
             os.fsync(handle.fileno())
         self.lines[line["key"]] = line
+
+
+def chunk_lines_of(path: str) -> list[dict[str, Any]]:
+    """The finished chunk lines a ``results.json`` holds: its ``chunks`` entries (a chunk's key,
+    costs and seconds) joined again with their records."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except FileNotFoundError:
+        raise RunnerInputError(f"--import-results {path}: no such file; give the results.json of an earlier run.") from None
+    except json.JSONDecodeError as error:
+        raise RunnerInputError(f"--import-results {path}: not JSON ({error}); give the results.json of an earlier run.") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("records"), list):
+        raise RunnerInputError(f"--import-results {path}: not a results.json written by wise-plugin compare.")
+    if not isinstance(saved.get("chunks"), list):
+        raise RunnerInputError(f"--import-results {path}: it has no chunk keys (results.json files written before "
+                               "--import-results existed lack them), so its chunks cannot be matched to this run's settings; "
+                               "rerun those chunks instead.")
+    by_chunk: dict[tuple, list[dict[str, Any]]] = {}
+    for record in saved["records"]:
+        tag = tuple(record.get(name) for name in CHUNK_TAGS)
+        by_chunk.setdefault(tag, []).append({k: v for k, v in record.items() if k not in CHUNK_TAGS})
+    return [{**chunk, "records": by_chunk.get(tuple(chunk.get(name) for name in CHUNK_TAGS), [])}
+            for chunk in saved["chunks"]]
+
+
+def import_results(store: ResultStore, paths: Sequence[str], wanted: Collection[str]) -> int:
+    """Add to ``store`` the chunks of earlier runs' ``results.json`` files whose key is in ``wanted``.
+
+    A key names the editor's config, model, data and scoring settings (see
+    :func:`~wise_plugin.runner.protocol.chunk_key`), so a chunk is only taken where rerunning it
+    here would edit and score the same requests the same way; others are left out and logged.
+    Returns the number of chunks added."""
+    added = 0
+    for path in paths:
+        lines = chunk_lines_of(path)
+        usable = [line for line in lines if line.get("key") in wanted]
+        new = [line for line in usable if line["key"] not in store and line["records"]]
+        for line in new:
+            store.add(line)
+        added += len(new)
+        logger.info("%s: %d chunks imported, %d already stored, %d not part of this run (other editors, T, "
+                    "data or settings)", path, len(new), len(usable) - len(new), len(lines) - len(usable))
+    return added
