@@ -428,8 +428,9 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
     """Run (or resume) every chunk of every editor and T; returns summary rows and all chunk lines.
 
     Inputs are checked before the first edit. Chunks found in the ``results.json`` files of
-    ``imports`` under the key this run gives them are taken from there instead of run. The result holds, per editor and T, the chunk means
-    (``summary``), and the stored chunk lines in run order (``chunks``).
+    ``imports`` under the key this run gives them are taken from there instead of run. The result
+    holds, per editor and T, the chunk means (``summary``), and the stored chunk lines in run order
+    (``chunks``).
     """
     sample = with_loc_prompts(select_sample(requests, options), options)
     chunks = plan(len(sample), options.t_values)
