@@ -12,6 +12,8 @@ import logging
 import os
 from typing import Any, Optional
 
+from wise_plugin.runner.store import CHUNK_TAGS
+
 logger = logging.getLogger("wise_plugin")
 
 LABELS = {"rel": "Rel", "gen": "Gen", "ood": "OOD", "loc": "Loc", "avg": "Avg", "ppl": "PPL",
@@ -73,7 +75,7 @@ def _memory(row: dict[str, Any]) -> str:
 
 def records(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Every per-edit record, tagged with its editor, T and chunk."""
-    return [{"editor": line["editor"], "T": line["T"], "chunk": line["chunk"], **record}
+    return [{**{tag: line[tag] for tag in CHUNK_TAGS}, **record}
             for line in result["chunks"] for record in line["records"]]
 
 

@@ -114,11 +114,13 @@ def import_results(store: ResultStore, paths: Sequence[str], wanted: Collection[
     for path in paths:
         lines = chunk_lines_of(path)
         usable = [line for line in lines if line.get("key") in wanted]
+        stored = [line for line in usable if line["key"] in store]
         # a chunk whose records are not all there (an edited file) is run again rather than taken
         new = [line for line in usable if line["key"] not in store and len(line["records"]) == line.get("T")]
         for line in new:
             store.add(line)
         added += len(new)
-        logger.info("%s: %d chunks imported, %d already stored, %d not part of this run (other editors, T, "
-                    "data or settings)", path, len(new), len(usable) - len(new), len(lines) - len(usable))
+        logger.info("%s: %d chunks imported, %d already stored, %d incomplete, %d not part of this run (other "
+                    "editors, T, data or settings)", path, len(new), len(stored), len(usable) - len(new) - len(stored),
+                    len(lines) - len(usable))
     return added
