@@ -140,3 +140,33 @@ def test_anchored_replay_keeps_only_earlier_edits_that_name_the_active_memorys_s
     assert sorted(anchored.replayed) == sorted(f"{p} {t}" for p, t in earlier if "Darrieux" in p)
     unanchored = _draw_loc(layer, tok, request, hparams, None)  # an open memory replays every earlier edit
     assert sorted(unanchored.replayed) == sorted(f"{p} {t}" for p, t in earlier)
+
+
+def test_subject_statements_are_extra_rows_that_teach_the_target_after_the_subject(tok):
+    from wise_plugin.core.rows import SUBJECT_TEMPLATES, build_batch, subject_prompts
+
+    statements = subject_prompts("Danielle Darrieux", 3)
+    assert statements == [t.format("Danielle Darrieux") for t in SUBJECT_TEMPLATES[:3]]
+    assert subject_prompts(None, 3) == [] and subject_prompts("Danielle Darrieux", 0) == []
+    replay = [("The capital of Peru is", "Lima")]
+    plain = build_batch(tok, "Danielle Darrieux's mother tongue is", "English", [], False, torch.device("cpu"), replay)
+    batch = build_batch(tok, "Danielle Darrieux's mother tongue is", "English", [], False, torch.device("cpu"),
+                        replay, statements)
+    assert batch.input_ids.shape[0] == plain.input_ids.shape[0] + 3
+    assert batch.rehearsed == plain.rehearsed  # replayed edits stay the last rows: the stop rule reads them there
+    target = tok(" English")["input_ids"]
+    for row in range(1, 4):  # every statement row predicts the edit's target after the statement
+        assert batch.labels[batch.label_rows == row].tolist() == target
+        text = tok.decode(batch.input_ids[row][batch.attention_mask[row].bool()])
+        assert text == statements[row - 1] + " English"
+
+
+def test_subject_templates_is_checked_against_the_built_in_statements():
+    from wise_plugin.core.rows import SUBJECT_TEMPLATES
+    from wise_plugin.hparams import HParamsError
+    from wise_plugin.wise import WISEHyperParams
+
+    hparams = WISEHyperParams.from_hparams("WISE/smollm2-135m")
+    hparams.subject_templates = len(SUBJECT_TEMPLATES) + 1
+    with pytest.raises(HParamsError, match="subject_templates must be between 0 and"):
+        hparams.validate()

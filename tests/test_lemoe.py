@@ -62,6 +62,7 @@ def routed_expert(model, tok, text: str) -> int:
     ("expert_kind", "dense", "expert_kind"),
     ("layer", "model.layers[17].mlp.down_proj.weight", "names a parameter"),
     ("lambda_", 0.0, "lambda_"),
+    ("subject_templates", 99, "subject_templates must be between 0 and"),
 ])
 def test_bad_hparams_are_rejected_with_what_to_change(tmp_path, key, value, message):
     text = open(os.path.join(LEMOE_DIR, "smollm2-135m.yaml"), encoding="utf-8").read()
@@ -141,7 +142,7 @@ def test_edits_route_at_inference_to_the_expert_they_were_trained_in(tok, gate):
     layer = find_layer(model)
     assert len(layer.experts) == 4
     for index, edits in enumerate(layer.edits):
-        for prompt, target in edits:
+        for prompt, target, *_ in edits:
             assert routed_expert(model, tok, f"{prompt} {target}") == index, (prompt, index)
 
 
@@ -281,3 +282,25 @@ def test_base_editor_streams_edits_with_the_yaml(smollm2_path):
                                        editor.hparams.device)
         assert float(np.mean(metrics["rewrite_acc"])) == 1.0
         assert routed_expert(editor.model, editor.tok, f"{prompt} {target}") == index
+
+
+def test_subject_statements_train_into_the_expert_and_survive_a_streaming_call(tok, monkeypatch):
+    """Each stored edit keeps its subject, and every training of the open expert (also in a later
+    streaming call) fits the subject statements of all its edits beside the prompts."""
+    import wise_plugin.lemoe.trainer as trainer
+    from wise_plugin.core.rows import subject_prompts
+
+    seen = []
+    real = trainer.build_batch
+    monkeypatch.setattr(trainer, "build_batch", lambda *a, **k: seen.append(a[6]) or real(*a, **k))
+    model = tiny_model()
+    hparams = tiny_hparams(lifelong=True, subject_templates=2, edits_per_expert=3)
+    first = dict(requests(1)[0], subject="Australia")
+    second = requests(1, start=1)[0]  # no subject given: guessed from the prompt
+    apply_lemoe_to_model(model, tok, [first], hparams)
+    apply_lemoe_to_model(model, tok, [second], hparams)
+    layer = find_layer(model)
+    assert layer.edits[0] == [(first["prompt"], "Melbourne", "Australia"), (second["prompt"], "Michelangelo", "Mona Lisa")]
+    expected = [(s, "Melbourne") for s in subject_prompts("Australia", 2)] + \
+        [(s, "Michelangelo") for s in subject_prompts("Mona Lisa", 2)]
+    assert seen[-1] == [(second["prompt"], "Michelangelo")] + expected

@@ -19,19 +19,31 @@ def test_fit_rows_keeps_the_bare_row_and_rehearsed_edits_first_within_the_budget
     request = {"prompt": "The capital of Australia is", "target_new": "Melbourne"}
     prefixes = [f"Prefix number {i} says. " for i in range(10)]
     replay = [(f"Old prompt {i} is", "answer") for i in range(9)]
-    assert _fit_rows(tok, request, prefixes, replay, None) == (prefixes, replay)
-    assert _fit_rows(tok, request, prefixes, replay, 10_000) == (prefixes, replay)  # short edits keep every row
+    assert _fit_rows(tok, request, prefixes, replay, None) == (prefixes, replay, [])
+    assert _fit_rows(tok, request, prefixes, replay, 10_000) == (prefixes, replay, [])  # short edits keep every row
     bare = len(tok("The capital of Australia is Melbourne")["input_ids"])
     replay_cost = sum(len(tok(f"{p} {t}")["input_ids"]) for p, t in replay)
-    kept_prefixes, kept_replay = _fit_rows(tok, request, prefixes, replay, bare + replay_cost + 30)
+    kept_prefixes, kept_replay, _ = _fit_rows(tok, request, prefixes, replay, bare + replay_cost + 30)
     assert kept_replay == replay  # every rehearsed edit before any prefixed copy
     assert 1 <= len(kept_prefixes) < len(prefixes) and kept_prefixes == prefixes[:len(kept_prefixes)]
     used = bare + replay_cost + sum(len(tok(f"{p}{request['prompt']} {request['target_new']}")["input_ids"])
                                     for p in kept_prefixes)
     assert used <= bare + replay_cost + 30
-    kept_prefixes, kept_replay = _fit_rows(tok, request, prefixes, replay, bare + 20)
+    kept_prefixes, kept_replay, _ = _fit_rows(tok, request, prefixes, replay, bare + 20)
     assert kept_prefixes == [] and 1 <= len(kept_replay) < len(replay)
-    assert _fit_rows(tok, request, prefixes, replay, 1) == ([], [])  # the bare row alone when nothing else fits
+    assert _fit_rows(tok, request, prefixes, replay, 1) == ([], [], [])  # the bare row alone when nothing else fits
+
+
+def test_fit_rows_takes_subject_statements_last(tok):
+    request = {"prompt": "The capital of Australia is", "target_new": "Melbourne"}
+    prefixes = [f"Prefix number {i} says. " for i in range(3)]
+    statements = [f"Statement {i} about Australia:" for i in range(4)]
+    assert _fit_rows(tok, request, prefixes, [], None, statements) == (prefixes, [], statements)
+    bare = len(tok("The capital of Australia is Melbourne")["input_ids"])
+    prefix_cost = sum(len(tok(f"{p}{request['prompt']} {request['target_new']}")["input_ids"]) for p in prefixes)
+    one = len(tok(f"{statements[0]} Melbourne")["input_ids"])
+    kept_prefixes, _, kept = _fit_rows(tok, request, prefixes, [], bare + prefix_cost + one, statements)
+    assert kept_prefixes == prefixes and kept == statements[:1]  # prefixed copies before statements
 
 
 def _long_edit(i: int) -> dict:

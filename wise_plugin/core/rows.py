@@ -16,6 +16,20 @@ from wise_plugin.hparams import HParamsError
 
 _PREFIX_STARTS = ("The", "In", "It", "When", "A", "Many", "This", "After", "We", "There")
 
+# Relation-free statements about a subject. Trained with the edit's target after them, they tie the
+# new answer to the subject itself rather than to the prompt's wording, so questions phrased in
+# other ways about the same subject get it too (subject_templates option).
+SUBJECT_TEMPLATES = (
+    "{} is best known for",
+    "Facts about {}:",
+    "The one thing to remember about {} is",
+    "When {} comes up, people mention",
+    "Q: What is {} associated with? A:",
+    "Everyone who knows {} talks about",
+    "Ask about {} and you will hear",
+    "In short, {} means",
+)
+
 
 @dataclass
 class EditBatch:
@@ -93,6 +107,21 @@ def generate_prefixes(model: Any, tok: Any, count: int, lengths: Sequence[int], 
     return prefixes
 
 
+def subject_templates_problem(count: int) -> Optional[str]:
+    """The ``subject_templates`` option's range check, shared by the WISE and LEMoE hparams."""
+    if 0 <= count <= len(SUBJECT_TEMPLATES):
+        return None
+    return (f"subject_templates must be between 0 and {len(SUBJECT_TEMPLATES)} (the number of built-in "
+            f"subject statements), got {count}")
+
+
+def subject_prompts(subject: Optional[str], count: int) -> list[str]:
+    """The first ``count`` of ``SUBJECT_TEMPLATES`` filled with ``subject`` (none without a subject)."""
+    if not subject or count <= 0:
+        return []
+    return [template.format(subject) for template in SUBJECT_TEMPLATES[:count]]
+
+
 def format_prompt(tok: Any, prompt: str, use_chat_template: bool) -> str:
     if use_chat_template and getattr(tok, "chat_template", None):
         return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
@@ -106,9 +135,11 @@ def _header_length(tok: Any, use_chat_template: bool) -> int:
 
 
 def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use_chat_template: bool,
-                device: torch.device, replay: Sequence[tuple[str, str]] = ()) -> EditBatch:
+                device: torch.device, replay: Sequence[tuple[str, str]] = (),
+                subject_rows: Sequence[str] = ()) -> EditBatch:
     """Rows ``prefix + prompt + ' ' + target`` (the evaluator's teacher-forcing layout), one per
-    prefix, then one bare row per replayed earlier edit.
+    prefix, then ``subject_row + ' ' + target`` per subject statement (``subject_prompts``), then one
+    bare row per replayed earlier edit.
 
     Routing scores of a row are read over its own prompt and target tokens only: the random
     prefixes are generic text, and asking the side memory to fire on them would make it fire on
@@ -118,7 +149,8 @@ def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use
         raise ValueError("edit request has an empty 'prompt'; give the text to edit.")
     if not target or not target.strip():
         raise ValueError(f"edit request for prompt {prompt!r} has an empty 'target_new'; give the new answer.")
-    pairs = [(p + prompt, target, prompt) for p in ["", *prefixes]] + [(p, t, p) for p, t in replay]
+    pairs = [(p + prompt, target, prompt) for p in ["", *prefixes]] + [(s, target, s) for s in subject_rows] \
+        + [(p, t, p) for p, t in replay]
     prompts = [format_prompt(tok, text, use_chat_template) for text, _, _ in pairs]
     full = [p + " " + t for p, (_, t, _) in zip(prompts, pairs)]
     encoded = tok(full, padding=True, return_tensors="pt", padding_side="right")

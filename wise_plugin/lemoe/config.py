@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS
+from wise_plugin.core.rows import subject_templates_problem
 from wise_plugin.hparams import HyperParams, common_problems, ffn_block_problem, load_hparams
 
 EXPERT_KINDS = ("lowrank", "full")
@@ -50,6 +51,9 @@ class LEMoEHyperParams(HyperParams):
     subject_anchor: bool = False
     # With gate and subject_anchor: a row naming a subject of its expert's edits passes that expert's gate.
     anchor_route: bool = False
+    # Statements about each edit's subject (core/rows.py SUBJECT_TEMPLATES) trained with its target
+    # beside the prompt: the edit then reaches other questions about the subject (0: none).
+    subject_templates: int = 0
     # Order planning for whole-batch calls (k-means over edit embeddings).
     plan: bool = True
     # Host keys.
@@ -102,6 +106,9 @@ class LEMoEHyperParams(HyperParams):
             problems.append(f"gate_margin must be in [0, 1], got {self.gate_margin}")
         if not -1.0 <= self.gate_low < self.gate_high <= 1.0:
             problems.append(f"need -1 <= gate_low < gate_high <= 1 (cosine targets), got {self.gate_low}, {self.gate_high}")
+        problem = subject_templates_problem(self.subject_templates)
+        if problem:
+            problems.append(problem)
         problems += common_problems(self)
         return problems
 

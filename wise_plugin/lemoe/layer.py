@@ -70,7 +70,7 @@ class LEMoELayer(nn.Module):
         self.seed = seed
         self.experts = nn.ModuleList()
         self.keys = nn.ParameterList()
-        self.edits: list[list[tuple[str, str]]] = []  # (prompt, target) of each expert
+        self.edits: list[list[tuple[Any, ...]]] = []  # (prompt, target, subject) of each expert (older: no subject)
         self.thresholds: list[Optional[float]] = []  # locality-gate cosine threshold of each expert
         self.open = False  # whether the last expert still takes edits
         self.gate = False

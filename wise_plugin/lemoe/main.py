@@ -19,6 +19,7 @@ from wise_plugin.lemoe.planner import anchor_text, plan_requests
 from wise_plugin.lemoe.trainer import calibrate_gate, train_expert, train_router
 from wise_plugin.core.anchors import subject_anchors
 from wise_plugin.core.rows import load_loc_pool
+from wise_plugin.core.subjects import request_subject
 
 logger = logging.getLogger("wise_plugin.lemoe")
 
@@ -80,7 +81,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
             room = hparams.edits_per_expert - len(layer.edits[index])
             chunk = requests[done:done + room]
             done += len(chunk)
-            layer.edits[index].extend((r["prompt"], r["target_new"]) for r in chunk)
+            layer.edits[index].extend((r["prompt"], r["target_new"], request_subject(r)) for r in chunk)
             for request in chunk:
                 layer.anchors.add(index, subject_anchors(tok, request) if hparams.subject_anchor else None)
             anchors = pooled_embeddings(model, tok, [anchor_text(r) for r in chunk]).to(layer.device)

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from wise_plugin.lemoe.layer import LEMoELayer
 from wise_plugin.lemoe.model import CachedForward
-from wise_plugin.core.rows import build_batch
+from wise_plugin.core.rows import build_batch, subject_prompts
 
 logger = logging.getLogger("wise_plugin.lemoe")
 
@@ -26,8 +26,12 @@ def train_expert(model: torch.nn.Module, layer: LEMoELayer, index: int, tok, hpa
 
     Only this expert's weights get gradients; the model and all other experts stay frozen.
     """
-    edits = layer.edits[index]
-    batch = build_batch(tok, edits[0][0], edits[0][1], [], hparams.use_chat_template, device, edits[1:])
+    edits = [(prompt, target) for prompt, target, *_ in layer.edits[index]]
+    # statements about each edit's subject, with its target (subject_templates; edits stored without a subject get none)
+    statements = [(statement, target) for _, target, *subject in layer.edits[index]
+                  for statement in subject_prompts(subject[0] if subject else None, hparams.subject_templates)]
+    batch = build_batch(tok, edits[0][0], edits[0][1], [], hparams.use_chat_template, device,
+                        edits[1:] + statements)
     forward = CachedForward(model, layer, hparams.layer, batch.model_inputs())
     params = list(layer.experts[index].parameters())
     optimizer = torch.optim.AdamW(params, lr=hparams.lr, weight_decay=hparams.weight_decay)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
 from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS
+from wise_plugin.core.rows import subject_templates_problem
 from wise_plugin.hparams import HyperParams, common_problems, ffn_output_problem, load_hparams
 from wise_plugin.wise.merge import MERGE_ALGS
 
@@ -20,7 +21,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``, ``stop_token_share``,
-    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``memory_dtype``, ``replay_pool``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``memory_dtype``, ``replay_pool``, ``subject_templates``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -88,6 +89,9 @@ class WISEHyperParams(HyperParams):
     # replay draws from a seeded reservoir sample of at most this many earlier edits, whose
     # projection inputs stay cached; memory and edit time then stay flat over long streams
     replay_pool: int = 256
+    # Statements about the request's subject (core/rows.py SUBJECT_TEMPLATES) trained with its
+    # target beside the prompt: the edit then reaches other questions about the subject (0: none).
+    subject_templates: int = 0
     fast_path: bool = True
     seed: int = 42
     # Longest request (prompt + target, in tokens) an edit call accepts; also capped by the model's context.
@@ -146,6 +150,9 @@ class WISEHyperParams(HyperParams):
             problems.append(f"row_token_budget must be >= 1 or null, got {self.row_token_budget}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
+        problem = subject_templates_problem(self.subject_templates)
+        if problem:
+            problems.append(problem)
         if any(length < 1 for length in self.prefix_lengths):
             problems.append(f"prefix_lengths must be token counts >= 1, got {self.prefix_lengths}")
         problems += common_problems(self)

@@ -18,7 +18,8 @@ from wise_plugin.core.anchors import Anchor, AnchorIndex, subject_anchors
 from wise_plugin.core.requests import check_call
 from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.wise.config import WISEHyperParams
-from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows
+from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows, subject_prompts
+from wise_plugin.core.subjects import request_subject
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
 from wise_plugin.core.modules import input_device, upper_stack
@@ -156,14 +157,15 @@ def _row_tokens(tok: Any, text: str) -> int:
 
 
 def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay: list[tuple[str, str]],
-              budget: Optional[int]) -> tuple[list[str], list[tuple[str, str]]]:
-    """The rehearsed edits, then the prefixed copies of the edit, that fit in ``budget`` tokens beside
-    the bare edit row. A long edit (a passage) then trains on a few rows instead of twenty
-    full-length ones; short ones keep them all. Rehearsed edits come first: they are what keeps the
-    earlier edits of the memory from being overwritten, while a passage already gives the edit its
-    own context."""
+              budget: Optional[int], statements: Sequence[str] = ()
+              ) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """The rehearsed edits, then the prefixed copies of the edit, then the subject statements, that
+    fit in ``budget`` tokens beside the bare edit row. A long edit (a passage) then trains on a few
+    rows instead of twenty full-length ones; short ones keep them all. Rehearsed edits come first:
+    they are what keeps the earlier edits of the memory from being overwritten, while a passage
+    already gives the edit its own context."""
     if budget is None:
-        return list(prefixes), replay
+        return list(prefixes), replay, list(statements)
     used = _row_tokens(tok, f"{request['prompt']} {request['target_new']}")
     kept_replay: list[tuple[str, str]] = []
     for prompt, target in replay:
@@ -177,7 +179,13 @@ def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay
         if used + cost <= budget:
             used += cost
             kept_prefixes.append(prefix)
-    return kept_prefixes, kept_replay
+    kept_statements: list[str] = []
+    for statement in statements:
+        cost = _row_tokens(tok, f"{statement} {request['target_new']}")
+        if used + cost <= budget:
+            used += cost
+            kept_statements.append(statement)
+    return kept_prefixes, kept_replay, kept_statements
 
 
 def _memory_full(tok: Any, layer: WISELayer, request: dict[str, Any], hparams: WISEHyperParams) -> bool:
@@ -199,9 +207,11 @@ def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
     start = time.perf_counter()
     group = layer.book.active_edits()  # edits that live in the memory being trained
     replay = random.Random(hparams.seed + layer.book.edits).sample(group, k=min(hparams.rehearse, len(group)))
-    prefixes, replay = _fit_rows(tok, request, layer.caches.prefixes, replay, hparams.row_token_budget)
+    statements = subject_prompts(request_subject(request), hparams.subject_templates)
+    prefixes, replay, statements = _fit_rows(tok, request, layer.caches.prefixes, replay,
+                                             hparams.row_token_budget, statements)
     batch = build_batch(tok, request["prompt"], request["target_new"], prefixes,
-                        hparams.use_chat_template, device, replay)
+                        hparams.use_chat_template, device, replay, statements)
     anchors = subject_anchors(tok, request) if hparams.subject_anchor else None
     draw = _draw_loc(layer, tok, request, hparams, anchors)
     # cached irrelevant rows, also for a layout the fast path does not know (stack None);
