@@ -161,3 +161,13 @@ def test_dense_recipe_is_the_shipped_one_with_four_values_changed():
     changed = {key: (shipped[key], dense[key]) for key in shipped if shipped[key] != dense[key]}
     assert changed == {"mask_ratio": (0.2, 1.0), "edit_lr": (0.01, 0.03), "stop_token_prob": (0.5, 0.9),
                        "subject_templates": (0, 8)}
+
+
+def test_lemoe_statements_recipe_is_the_gated_one_with_two_values_changed():
+    """The statements YAML is described as the gated LEMoE YAML plus anchor_route and two subject statements."""
+    from wise_plugin import LEMoEHyperParams
+
+    gated = vars(LEMoEHyperParams.from_hparams("LEMoE/smollm2-135m-gate"))
+    statements = vars(LEMoEHyperParams.from_hparams("LEMoE/smollm2-135m-gate-statements"))
+    changed = {key: (gated[key], statements[key]) for key in gated if gated[key] != statements[key]}
+    assert changed == {"anchor_route": (False, True), "subject_templates": (0, 2)}
