@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -167,24 +167,21 @@ def _fit_rows(tok: Any, request: dict[str, Any], prefixes: Sequence[str], replay
     if budget is None:
         return list(prefixes), replay, list(statements)
     used = _row_tokens(tok, f"{request['prompt']} {request['target_new']}")
-    kept_replay: list[tuple[str, str]] = []
-    for prompt, target in replay:
-        cost = _row_tokens(tok, f"{prompt} {target}")
-        if used + cost <= budget:
-            used += cost
-            kept_replay.append((prompt, target))
-    kept_prefixes: list[str] = []
-    for prefix in prefixes:
-        cost = _row_tokens(tok, f"{prefix}{request['prompt']} {request['target_new']}")
-        if used + cost <= budget:
-            used += cost
-            kept_prefixes.append(prefix)
-    kept_statements: list[str] = []
-    for statement in statements:
-        cost = _row_tokens(tok, f"{statement} {request['target_new']}")
-        if used + cost <= budget:
-            used += cost
-            kept_statements.append(statement)
+
+    def fitting(items: Sequence[Any], row_text: Callable[[Any], str]) -> list[Any]:
+        """The items, in order, whose rows still fit beside those taken so far."""
+        nonlocal used
+        kept = []
+        for item in items:
+            cost = _row_tokens(tok, row_text(item))
+            if used + cost <= budget:
+                used += cost
+                kept.append(item)
+        return kept
+
+    kept_replay = fitting(replay, lambda pair: f"{pair[0]} {pair[1]}")
+    kept_prefixes = fitting(prefixes, lambda prefix: f"{prefix}{request['prompt']} {request['target_new']}")
+    kept_statements = fitting(statements, lambda statement: f"{statement} {request['target_new']}")
     return kept_prefixes, kept_replay, kept_statements
 
 
