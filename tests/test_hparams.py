@@ -108,6 +108,8 @@ def test_missing_file():
         ("merge_alg: 'ties'", "merge_alg: 'ties'\nroute_by: 'margin'", r"route_by 'margin' is not supported; use one of"),
         ("merge_alg: 'ties'", "merge_alg: 'ties'\nstop_token_prob: 1.0", r"stop_token_prob must be in \(0, 1\) or null"),
         ("- model.layers[27].mlp.down_proj.weight", "- model.layers[27].mlp.down_proj", r"is not a weight path"),
+        ("merge_alg: 'ties'", "merge_alg: 'ties'\nmemory_rank: 0", r"memory_rank must be a whole number >= 1 or null"),
+        ("merge_alg: 'ties'", "merge_alg: 'ties'\nmemory_rank: 6.5", r"memory_rank is 6.5 \(float\); it must be a whole number"),
     ],
 )
 def test_invalid_values(tmp_path, old, new, message):
@@ -152,15 +154,15 @@ def test_shipped_recipes_are_found_by_name_outside_a_checkout(tmp_path, monkeypa
         find_hparams("WISE/no-such-model")
 
 
-def test_dense_recipe_is_the_shipped_one_with_four_values_changed():
+def test_dense_recipe_is_the_shipped_one_with_five_values_changed():
     """README and docs/results.md describe the dense YAML as the shipped one with a full mask, a
-    larger step, a stricter stop and subject statements; any other difference would make those
-    comparisons untrue."""
+    larger step, a stricter stop, subject statements and low-rank retired memories; any other
+    difference would make those comparisons untrue."""
     shipped = vars(WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "smollm2-135m.yaml")))
     dense = vars(WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "smollm2-135m-dense.yaml")))
     changed = {key: (shipped[key], dense[key]) for key in shipped if shipped[key] != dense[key]}
     assert changed == {"mask_ratio": (0.2, 1.0), "edit_lr": (0.01, 0.03), "stop_token_prob": (0.5, 0.9),
-                       "subject_templates": (0, 8)}
+                       "subject_templates": (0, 8), "memory_rank": (None, 64)}
 
 
 def test_lemoe_statements_recipe_is_the_gated_one_with_two_values_changed():

@@ -126,3 +126,46 @@ def test_checkpoints_with_a_dense_group_stack_load_as_sparse_memories():
     assert len(other.retired) == 3
     for m in range(3):
         assert torch.equal(other.retired.delta(m, torch.float32), layer.retired.delta(m, torch.float32))
+
+
+def test_low_rank_memories_keep_their_factors_when_smaller_and_rebuild_the_change():
+    shape = torch.Size((64, 256))
+    generator = torch.Generator().manual_seed(3)
+    low = torch.randn(64, 4, generator=generator) @ torch.randn(4, 256, generator=generator)  # rank 4, dense
+    memories = RetiredMemories(shape, torch.device("cpu"), dtype=torch.float32, dense_cache=0, rank=4)
+    assert memories.add(low) is False and not memories.is_exact(0)
+    torch.testing.assert_close(memories.delta(0, torch.float32), low, rtol=1e-4, atol=1e-4)
+    assert memories.nbytes() == 4 * (64 + 256) * 4  # the two factors, not the 64 x 256 change
+    # a change whose support and values are smaller than the factors is kept exactly
+    sparse = _masked_change(shape, ratio=0.01, seed=4)
+    assert memories.add(sparse) is True and memories.is_exact(1)
+    assert torch.equal(memories.delta(1, torch.float32), sparse)
+    # without a rank a dense change is kept exactly, whatever it costs
+    exact = RetiredMemories(shape, torch.device("cpu"), dtype=torch.float32)
+    assert exact.add(low) is True and torch.equal(exact.delta(0, torch.float32), low)
+
+
+def test_a_low_rank_memory_lowers_its_threshold_to_its_edits_scores_and_checkpoints_round_trip():
+    torch.manual_seed(0)
+    layer = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
+    layer.retired.dtype, layer.retired.rank = torch.float32, 1
+    acts = torch.randn(3, 5, 16)
+    probes = [(acts[i], torch.ones(5), torch.ones(5)) for i in range(3)]
+    layer.begin_edit()
+    layer.apply_update(-torch.randn(8, 16), lr=0.5, norm_constraint=None)  # a full-rank change
+    exact_lowest = layer.probe_scores(probes)
+    layer.book.probes = list(probes)
+    layer.book.min_edit_score, layer.book.threshold = exact_lowest, 0.9 * exact_lowest
+    layer.book.save_shard(layer.side_weight)
+    layer._merge("linear", None, 1.0, act_ratio=0.9)
+    assert len(layer.retired) == 1 and not layer.retired.is_exact(0)
+    kept = layer.retired.delta(0, torch.float32)
+    assert torch.linalg.matrix_rank(kept) == 1
+    kept_lowest = layer.probe_scores(probes, kept)
+    assert kept_lowest < exact_lowest  # rank 1 of a random 8 x 16 change scores the rows lower
+    assert layer.thresholds()[0] == pytest.approx(0.9 * kept_lowest)  # so every stored row still routes
+    tensors, meta = layer.checkpoint_state()
+    assert "retired.0.left" in tensors and "retired.0.support" not in tensors
+    other = WISELayer(torch.nn.Linear(16, 8), mask_ratio=1.0, seed=0, retrieve=True)
+    other.load_checkpoint_state(tensors, meta)
+    assert torch.equal(other.retired.delta(0, torch.float32), kept)

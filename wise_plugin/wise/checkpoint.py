@@ -24,8 +24,9 @@ from wise_plugin.wise.model import attach, detach, find_layer, resolve
 
 FORMAT = "wise-plugin/wise-merge"
 # 2: digest-named tensor file and base-weight fingerprint; 3: retired memories kept sparse
-# (``retired.<m>.support`` / ``.values`` instead of a dense ``group_stack``). Versions 1-2 still load.
-VERSION = 3
+# (``retired.<m>.support`` / ``.values`` instead of a dense ``group_stack``); 4: a retired memory may
+# be low-rank (``retired.<m>.left`` / ``.right``, see ``memory_rank``). Versions 1-3 still load.
+VERSION = 4
 STEM = "wise_state"  # wise_state.json + the wise_state-<digest>.safetensors it names
 _NEEDED = ("side_weight", "side_base", "mask")
 

@@ -21,7 +21,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``, ``stop_token_share``,
-    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``memory_dtype``, ``replay_pool``, ``subject_templates``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``memory_dtype``, ``memory_rank``, ``replay_pool``, ``subject_templates``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -86,6 +86,9 @@ class WISEHyperParams(HyperParams):
     anchor_route: bool = False
     # dtype of the values a retired WISE-Retrieve memory keeps on its support (wise/retired.py)
     memory_dtype: str = "float16"
+    # Keep a retired memory as the rank-r truncated SVD of its change when that is smaller than its
+    # support and values (memories trained with mask_ratio 1 have no sparse form); None: exact only.
+    memory_rank: Optional[int] = None
     # replay draws from a seeded reservoir sample of at most this many earlier edits, whose
     # projection inputs stay cached; memory and edit time then stay flat over long streams
     replay_pool: int = 256
@@ -134,6 +137,9 @@ class WISEHyperParams(HyperParams):
             problems.append(f"n_iter must be >= 1 and edit_lr > 0, got {self.n_iter} and {self.edit_lr}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not supported; use one of {OPTIMIZERS} ('sgd' is the paper's)")
+        if self.memory_rank is not None and self.memory_rank < 1:  # its type is checked with every field's
+            problems.append(f"memory_rank must be a whole number >= 1 or null, got {self.memory_rank!r} (e.g. 64: "
+                            "each retired memory kept as the rank-64 approximation of its change)")
         if self.memory_dtype not in MEMORY_DTYPE_NAMES:
             problems.append(f"memory_dtype {self.memory_dtype!r} is not supported; use one of {MEMORY_DTYPE_NAMES}")
         if self.replay_pool < 1:

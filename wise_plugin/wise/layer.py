@@ -190,11 +190,13 @@ class WISELayer(nn.Module):
         return self.cached_choice, computed
 
     @torch.no_grad()
-    def probe_scores(self, probes: list[Probe]) -> float:
-        """Smallest current routing score over stored bare rows (whole row and prompt only)."""
+    def probe_scores(self, probes: list[Probe], delta_w: Optional[torch.Tensor] = None) -> float:
+        """Smallest current routing score over stored bare rows (whole row and prompt only), against
+        the active side memory or the change ``delta_w``."""
         lowest = float("inf")
         for acts, row_mask, prompt_mask in probes:
-            scores = self.token_scores(acts.unsqueeze(0))
+            acts = acts.unsqueeze(0)
+            scores = self.token_scores(acts) if delta_w is None else token_scores(self.apply_delta(acts, delta_w.to(acts.dtype)))
             for mask in (row_mask, prompt_mask):
                 lowest = min(lowest, float(row_scores(scores, mask.unsqueeze(0))[0]))
         return lowest
@@ -241,10 +243,11 @@ class WISELayer(nn.Module):
         if save_freq is not None and (book.edits % save_freq == 0 or close_memory):
             book.save_shard(self.side_weight)
         if save_freq is not None and (book.edits % merge_freq == 0 or close_memory):
-            self._merge(merge_alg, densities, weights)
+            self._merge(merge_alg, densities, weights, act_ratio)
 
     @torch.no_grad()
-    def _merge(self, merge_alg: str, densities: Optional[float], weights: Optional[float]) -> None:
+    def _merge(self, merge_alg: str, densities: Optional[float], weights: Optional[float],
+               act_ratio: float = 1.0) -> None:
         book = self.book
         if book.shard_deltas:
             merged = merge_deltas(book.shard_deltas, merge_alg, densities, weights, seed=book.seed + book.shard_index)
@@ -252,12 +255,20 @@ class WISELayer(nn.Module):
             self.side_weight.copy_(self.side_base)
             book.shard_deltas = []
         if self.retrieve and book.threshold is not None:
-            self._retire_group()
+            self._retire_group(act_ratio)
 
     @torch.no_grad()
-    def _retire_group(self) -> None:
-        """WISE-Retrieve: freeze the merged memory with its threshold; the next memory starts from W."""
-        self.retired.add((self.side_weight - self.base.weight).detach())
+    def _retire_group(self, act_ratio: float = 1.0) -> None:
+        """WISE-Retrieve: freeze the merged memory with its threshold; the next memory starts from W.
+
+        A memory kept as a low-rank approximation (``memory_rank``) scores its edits a little lower
+        than the exact change did: its threshold is lowered to ``act_ratio`` x the lowest score of
+        its stored bare rows under the kept change, so every edit that routed before still does."""
+        exact = self.retired.add((self.side_weight - self.base.weight).detach())
+        book = self.book
+        if not exact and book.probes and book.threshold is not None:
+            kept = self.retired.delta(len(self.retired) - 1, self.side_weight.dtype)
+            book.threshold = min(book.threshold, act_ratio * self.probe_scores(book.probes, kept))
         self.side_base.copy_(self.base.weight)
         self.side_weight.copy_(self.base.weight)
         self.book.retire()

@@ -255,6 +255,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
     layer.route_by = hparams.route_by
     layer.anchor_route = hparams.anchor_route
     layer.retired.dtype = MEMORY_DTYPES[hparams.memory_dtype]
+    layer.retired.rank = hparams.memory_rank
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong, loaded)
     with editing(model, handle):  # from here on, any failure leaves the model as it was before the call
         layout = upper_stack(model, inner_param)

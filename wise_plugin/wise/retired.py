@@ -5,6 +5,12 @@ so ``W_m - W`` is zero elsewhere. Keeping each retired memory as a dense float32
 projection (576 x 1536 on SmolLM2, 3.5 MB) would cost 100 copies at 1,000 edits with the shipped
 recipe, over half the model's own size. Here a memory is its support, one bit per entry, plus the
 values on it in a compact dtype (``memory_dtype``, float16 by default): about 0.46 MB at a 0.2 mask.
+A memory trained on every entry (``mask_ratio: 1``) has no such support; with ``memory_rank`` set it
+is kept as the rank-r truncated SVD of its change instead, two factors in ``memory_dtype``
+(r x (576 + 1536) values on SmolLM2: 0.27 MB at r = 64 against 1.8 MB dense). An edit's change is a sum
+of per-token updates concentrated in few directions, so r = 64 of 576 kept the Rel and Gen of the
+memories we measured (docs/results.md); the layer re-reads its stored edits' scores under the
+approximation and lowers the memory's threshold if they fell (``WISELayer._retire_group``).
 
 Inference rebuilds the dense change of the memories a row may go to (the subject anchors name them,
 see :mod:`wise_plugin.core.anchors`), and keeps the most recently used ones dense in a small cache,
@@ -36,35 +42,57 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 class RetiredMemories:
-    """Sparse, compact changes ``W_m - W`` of the retired memories, in the base weight's layout."""
+    """Compact changes ``W_m - W`` of the retired memories, in the base weight's layout.
+
+    Each memory is stored in whichever form is smaller: its support and the values on it
+    (``support``/``values``), or, with ``rank`` set, the factors of its rank-``rank`` truncated SVD
+    (``left`` ``(out, rank)`` with the singular values folded in, ``right`` ``(rank, in)``).
+    """
 
     def __init__(self, shape: torch.Size, device: torch.device, dtype: torch.dtype = torch.float16,
-                 dense_cache: int = 8) -> None:
+                 dense_cache: int = 8, rank: Optional[int] = None) -> None:
         self.shape, self.device = torch.Size(shape), device
         self.dtype = dtype  # of values stored from now on; each memory keeps the dtype it was stored in
-        self.supports: list[torch.Tensor] = []  # packed bits of the entries each memory changed
-        self.values: list[torch.Tensor] = []  # the changes on those entries
+        self.rank = rank  # low-rank form allowed for memories stored from now on (None: exact only)
+        self.parts: list[dict[str, torch.Tensor]] = []  # per memory: {support, values} or {left, right}
         self.dense_cache = dense_cache
         self._dense: OrderedDict[int, torch.Tensor] = OrderedDict()  # memory -> float32 dense change
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.parts)
+
+    def is_exact(self, memory: int) -> bool:
+        """Whether ``memory`` is kept exactly (sparse) rather than as a low-rank approximation."""
+        return "support" in self.parts[memory]
 
     @torch.no_grad()
-    def add(self, delta: torch.Tensor) -> None:
-        """Keep one finished memory's change ``delta`` (same shape as the base weight)."""
+    def add(self, delta: torch.Tensor) -> bool:
+        """Keep one finished memory's change ``delta`` (same shape as the base weight); True when it
+        is kept exactly, False when as its low-rank approximation (smaller than the sparse form)."""
         support = delta.ne(0)
-        self.supports.append(pack_bits(support))
-        self.values.append(delta[support].to(self.dtype))
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        sparse_bytes = (support.numel() + 7) // 8 + int(support.sum()) * itemsize
+        rank = None if self.rank is None else min(self.rank, *self.shape)
+        if rank is not None and rank * sum(self.shape) * itemsize < sparse_bytes:
+            left, singular, right = torch.linalg.svd(delta.float(), full_matrices=False)
+            self.parts.append({"left": (left[:, :rank] * singular[:rank]).to(self.dtype),
+                               "right": right[:rank].to(self.dtype)})
+            return False
+        self.parts.append({"support": pack_bits(support), "values": delta[support].to(self.dtype)})
+        return True
 
     @torch.no_grad()
     def delta(self, memory: int, dtype: torch.dtype) -> torch.Tensor:
-        """The dense change of ``memory`` in ``dtype``, from the cache or rebuilt from its support."""
+        """The dense change of ``memory`` in ``dtype``, from the cache or rebuilt from what is kept."""
         dense = self._dense.get(memory)
         if dense is None:
-            support = unpack_bits(self.supports[memory], self.shape.numel()).view(self.shape)
-            dense = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
-            dense[support] = self.values[memory].to(torch.float32)
+            part = self.parts[memory]
+            if "support" in part:
+                support = unpack_bits(part["support"], self.shape.numel()).view(self.shape)
+                dense = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+                dense[support] = part["values"].to(torch.float32)
+            else:
+                dense = part["left"].to(torch.float32) @ part["right"].to(torch.float32)
             if self.dense_cache > 0:
                 self._dense[memory] = dense
                 while len(self._dense) > self.dense_cache:
@@ -75,7 +103,7 @@ class RetiredMemories:
 
     def nbytes(self) -> int:
         """Bytes the retired memories keep (the dense cache, rebuilt on demand, is not counted)."""
-        return sum(t.numel() * t.element_size() for t in self.supports + self.values)
+        return sum(t.numel() * t.element_size() for part in self.parts for t in part.values())
 
     def cache_nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._dense.values())
@@ -83,31 +111,30 @@ class RetiredMemories:
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The kept tensors (never changed once stored, so a snapshot shares them)."""
-        return {"supports": list(self.supports), "values": list(self.values)}
+        return {"parts": [dict(part) for part in self.parts]}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.supports, self.values = list(state["supports"]), list(state["values"])
+        self.parts = [dict(part) for part in state["parts"]]
         self._dense.clear()
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for memory, (support, values) in enumerate(zip(self.supports, self.values)):
-            tensors[f"retired.{memory}.support"] = support
-            tensors[f"retired.{memory}.values"] = values
-        return tensors
+        return {f"retired.{memory}.{name}": tensor
+                for memory, part in enumerate(self.parts) for name, tensor in part.items()}
 
     def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor], count: int,
                                 legacy_stack: Optional[torch.Tensor] = None, conv1d_layout: bool = False) -> None:
         """Load ``count`` memories saved by :meth:`checkpoint_tensors`, or split the dense
         ``group_stack`` of checkpoints written before memories were kept sparse."""
-        self.supports, self.values = [], []
+        self.parts = []
         self._dense.clear()
         if legacy_stack is not None:
             out_dim = 1 if conv1d_layout else 0
             size = self.shape[out_dim]
+            rank, self.rank = self.rank, None  # a legacy memory is split exactly, as it was kept
             for memory in range(legacy_stack.shape[out_dim] // size):
                 self.add(legacy_stack.narrow(out_dim, memory * size, size).to(self.device))
+            self.rank = rank
             return
         for memory in range(count):
-            self.supports.append(tensors[f"retired.{memory}.support"].to(self.device))
-            self.values.append(tensors[f"retired.{memory}.values"].to(self.device))
+            names = ("support", "values") if f"retired.{memory}.support" in tensors else ("left", "right")
+            self.parts.append({name: tensors[f"retired.{memory}.{name}"].to(self.device) for name in names})
