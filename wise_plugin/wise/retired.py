@@ -7,7 +7,7 @@ recipe, over half the model's own size. Here a memory is its support, one bit pe
 values on it in a compact dtype (``memory_dtype``, float16 by default): about 0.46 MB at a 0.2 mask.
 A memory trained on every entry (``mask_ratio: 1``) has no such support; with ``memory_rank`` set it
 is kept as the rank-r truncated SVD of its change instead, two factors in ``memory_dtype``
-(r x (576 + 1536) values on SmolLM2: 0.27 MB at r = 64 against 1.8 MB dense). An edit's change is a sum
+(r x (576 + 1536) values on SmolLM2: 0.26 MB at r = 64 against 1.7 MB exact). An edit's change is a sum
 of per-token updates concentrated in few directions, so r = 64 of 576 kept the Rel and Gen of the
 memories we measured (docs/results.md); the layer re-reads its stored edits' scores under the
 approximation and lowers the memory's threshold if they fell (``WISELayer._retire_group``).
