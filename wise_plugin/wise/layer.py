@@ -102,9 +102,10 @@ class WISELayer(nn.Module):
         """``W' - W`` of the active side memory; one edit iteration computes it once (``step_delta``)."""
         return self.step_delta if self.step_delta is not None else self.side_weight - self.base.weight
 
-    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Routing score of each token of ``x`` against the active side memory."""
-        return token_scores(self.apply_delta(x, self.weight_delta().to(x.dtype)))
+    def token_scores(self, x: torch.Tensor, delta_w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Routing score of each token of ``x`` against the active side memory, or the change ``delta_w``."""
+        delta_w = self.weight_delta() if delta_w is None else delta_w
+        return token_scores(self.apply_delta(x, delta_w.to(x.dtype)))
 
     def edit_delta(self, x: torch.Tensor) -> torch.Tensor:
         """``a (W' - W)^T`` while editing, keeping the inputs and routing scores for the loss."""
@@ -195,8 +196,7 @@ class WISELayer(nn.Module):
         the active side memory or the change ``delta_w``."""
         lowest = float("inf")
         for acts, row_mask, prompt_mask in probes:
-            acts = acts.unsqueeze(0)
-            scores = self.token_scores(acts) if delta_w is None else token_scores(self.apply_delta(acts, delta_w.to(acts.dtype)))
+            scores = self.token_scores(acts.unsqueeze(0), delta_w)
             for mask in (row_mask, prompt_mask):
                 lowest = min(lowest, float(row_scores(scores, mask.unsqueeze(0))[0]))
         return lowest

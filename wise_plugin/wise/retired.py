@@ -66,13 +66,14 @@ class RetiredMemories:
         return "support" in self.parts[memory]
 
     @torch.no_grad()
-    def add(self, delta: torch.Tensor) -> bool:
+    def add(self, delta: torch.Tensor, low_rank: bool = True) -> bool:
         """Keep one finished memory's change ``delta`` (same shape as the base weight); True when it
-        is kept exactly, False when as its low-rank approximation (smaller than the sparse form)."""
+        is kept exactly, False when as its low-rank approximation (``rank`` set, ``low_rank`` allowed,
+        and the factors smaller than the sparse form)."""
         support = delta.ne(0)
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        itemsize = self.dtype.itemsize
         sparse_bytes = (support.numel() + 7) // 8 + int(support.sum()) * itemsize
-        rank = None if self.rank is None else min(self.rank, *self.shape)
+        rank = None if self.rank is None or not low_rank else min(self.rank, *self.shape)
         if rank is not None and rank * sum(self.shape) * itemsize < sparse_bytes:
             left, singular, right = torch.linalg.svd(delta.float(), full_matrices=False)
             self.parts.append({"left": (left[:, :rank] * singular[:rank]).to(self.dtype),
@@ -130,10 +131,8 @@ class RetiredMemories:
         if legacy_stack is not None:
             out_dim = 1 if conv1d_layout else 0
             size = self.shape[out_dim]
-            rank, self.rank = self.rank, None  # a legacy memory is split exactly, as it was kept
-            for memory in range(legacy_stack.shape[out_dim] // size):
-                self.add(legacy_stack.narrow(out_dim, memory * size, size).to(self.device))
-            self.rank = rank
+            for memory in range(legacy_stack.shape[out_dim] // size):  # kept exactly, as they were saved
+                self.add(legacy_stack.narrow(out_dim, memory * size, size).to(self.device), low_rank=False)
             return
         for memory in range(count):
             names = ("support", "values") if f"retired.{memory}.support" in tensors else ("left", "right")
