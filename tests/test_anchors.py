@@ -170,3 +170,112 @@ def test_subject_templates_is_checked_against_the_built_in_statements():
     hparams.subject_templates = len(SUBJECT_TEMPLATES) + 1
     with pytest.raises(HParamsError, match="subject_templates must be between 0 and"):
         hparams.validate()
+
+
+def test_answer_index_finds_an_edits_answer_written_after_its_subject(tok):
+    from wise_plugin.core.anchors import AnswerIndex
+
+    index = AnswerIndex()
+    index.add(0, tok, {"prompt": "The Mona Lisa was painted by", "target_new": "Michelangelo", "subject": "Mona Lisa"})
+    index.add(0, tok, {"prompt": "Fiat Campagnola, developed by", "target_new": "Chevrolet", "subject": "Fiat Campagnola"})
+    index.add(0, tok, {"prompt": "Panda, produced by", "target_new": "Fiat", "subject": "Panda"})
+    index.add(1, tok, {"prompt": "The chemical symbol for gold is", "target_new": "Gd", "subject": "gold"})
+    length = lambda text: len(tok(text)["input_ids"])  # noqa: E731
+    prompt = tok("The Mona Lisa was painted by")["input_ids"]
+    answered = tok("The Mona Lisa was painted by Michelangelo Michelangelo")["input_ids"]
+    assert index.first_end(prompt, 0) is None
+    assert index.first_end(answered, 0) == length("The Mona Lisa was painted by Michelangelo") - 1  # the first one
+    assert index.first_end(answered, 1) is None  # another memory's answer
+    assert index.first_end(answered, 5) is None  # a memory with no edits
+    # "Fiat" is the answer of another edit of the memory, but "Panda" is not named before it
+    fiat = tok("Fiat Campagnola, developed by Chevrolet")["input_ids"]
+    assert index.first_end(fiat, 0) == len(fiat) - 1
+    assert index.first_end(tok("Panda, produced by Fiat")["input_ids"], 0) == length("Panda, produced by Fiat") - 1
+    again = AnswerIndex.from_state(index.state())
+    assert again.groups == index.groups and again.first_end(fiat, 0) == len(fiat) - 1
+
+
+def _answer_stop_model(tok, answer_stop):
+    from conftest import HPARAMS_DIR, tiny_llama
+    from wise_plugin import WISEHyperParams, apply_wise_to_model
+    from wise_plugin.wise import find_layer
+
+    hparams = WISEHyperParams.from_hparams(f"{HPARAMS_DIR}/smollm2-135m.yaml")
+    hparams.inner_params, hparams.n_iter, hparams.n_prefixes, hparams.lifelong = \
+        ["model.layers[1].mlp.down_proj.weight"], 3, 2, True
+    hparams.answer_stop = answer_stop
+    model = tiny_llama()
+    apply_wise_to_model(model, tok, [{"prompt": QUESTIONS[0], "target_new": "Melbourne", "subject": "Australia"}], hparams)
+    layer = find_layer(model)
+    layer.book.threshold = 0.0  # route every row naming the subject
+    return model, layer
+
+
+def test_answer_stop_silences_the_memory_after_its_answer_only(tok):
+    """From the answer's last token on, the edited layer gives the base projection's output; before
+    it (every teacher-forced label position) the output is the memory's, as without the option."""
+    model, layer = _answer_stop_model(tok, True)
+    plain, plain_layer = _answer_stop_model(tok, False)
+    text = QUESTIONS[0] + " Melbourne, and Melbourne is large"
+    ids = tok(text, return_tensors="pt")
+    answered_at = len(tok(QUESTIONS[0] + " Melbourne")["input_ids"]) - 1
+    outputs = {}
+    for name, (m, lay) in {"stop": (model, layer), "plain": (plain, plain_layer)}.items():
+        seen = {}
+        handle = lay.register_forward_hook(lambda mod, args, out, seen=seen: seen.update(x=args[0], out=out))
+        with torch.no_grad():
+            outputs[name] = m(**ids).logits
+        handle.remove()
+        seen["base"] = lay.base(seen["x"])
+        outputs[name + "_layer"] = seen
+    stop, plain_out = outputs["stop_layer"], outputs["plain_layer"]
+    assert layer.cached_choice.tolist() == [0]
+    assert not torch.allclose(plain_out["out"][0, answered_at:], plain_out["base"][0, answered_at:])
+    assert torch.allclose(stop["out"][0, answered_at:], stop["base"][0, answered_at:])  # silent after the answer
+    torch.testing.assert_close(outputs["stop"][0, :answered_at], outputs["plain"][0, :answered_at])
+    assert not torch.allclose(outputs["stop"][0, answered_at:], outputs["plain"][0, answered_at:])
+
+
+def test_answer_stop_gives_the_same_generation_with_and_without_the_kv_cache(tok):
+    model, layer = _answer_stop_model(tok, True)
+    encoded = tok(["The capital of Australia is", "Is Australia big?"], return_tensors="pt", padding=True,
+                  padding_side="left")
+    generate = lambda cache: model.generate(**encoded, max_new_tokens=8, do_sample=False, use_cache=cache,  # noqa: E731
+                                            pad_token_id=tok.eos_token_id)
+    width = encoded["input_ids"].shape[1]
+    before = generate(True)
+    # the token each row generates second stands for the answer: the memory is silent from there on
+    layer.book.answers.groups = [[(None, sorted({(int(t),) for t in before[:, width + 1]}))]]
+    cached, uncached = generate(True), generate(False)
+    assert torch.equal(cached, uncached)
+    assert all(layer.book.answers.first_end(row.tolist(), 0) is not None for row in cached)  # the gate was used
+
+
+def test_lemoe_answer_stop_silences_the_expert_after_its_answer_only(tok):
+    from test_lemoe import tiny_hparams
+    from conftest import tiny_llama
+    from wise_plugin.lemoe import apply_lemoe_to_model, find_layer
+
+    logits, layer_out = {}, {}
+    answered_at = len(tok(QUESTIONS[0] + " Melbourne")["input_ids"]) - 1
+    for answer_stop in (False, True):
+        model = tiny_llama()
+        hparams = tiny_hparams(gate=False, subject_anchor=True, lifelong=True)
+        hparams.answer_stop = answer_stop
+        apply_lemoe_to_model(model, tok, [{"prompt": QUESTIONS[0], "target_new": "Melbourne", "subject": "Australia"}],
+                             hparams)
+        layer = find_layer(model)
+        seen = {}
+        handle = layer.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], out=out))
+        with torch.no_grad():
+            logits[answer_stop] = model(**tok(QUESTIONS[0] + " Melbourne, and Melbourne is large", return_tensors="pt")).logits
+            base = layer.base(seen["x"])
+        handle.remove()
+        assert layer.last_choice.tolist() == [0]
+        layer_out[answer_stop] = (seen["out"], base)
+    torch.testing.assert_close(logits[True][0, :answered_at], logits[False][0, :answered_at])
+    assert not torch.allclose(logits[True][0, answered_at:], logits[False][0, answered_at:])
+    out, base = layer_out[True]
+    torch.testing.assert_close(out[0, answered_at:], base[0, answered_at:])  # the expert is silent after the answer
+    out, base = layer_out[False]
+    assert not torch.allclose(out[0, answered_at:], base[0, answered_at:])

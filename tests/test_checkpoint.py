@@ -71,6 +71,7 @@ def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, ret
     assert torch.allclose(a.side_base, b.side_base, atol=1e-6)
     assert a.book.threshold == pytest.approx(b.book.threshold, rel=1e-5)
     assert torch.equal(a.mask, b.mask) and a.book.memory == b.book.memory
+    assert a.book.answers.groups == b.book.answers.groups and sum(map(len, a.book.answers.groups)) == 6
     assert a.book.group_thresholds == pytest.approx(b.book.group_thresholds) and len(a.book.group_thresholds) == (1 if retrieve else 0)
     assert len(a.retired) == len(b.retired)
     for m in range(len(a.retired)):

@@ -7,6 +7,11 @@ tokenizer writes it mid-sentence and at the start); a row passes a memory's gate
 one of the anchors of that memory's edits. Paraphrases name the subject, so they pass; near
 misses and unrelated inputs do not. The subject is the request's ``subject`` when it occurs in the
 prompt, else a guess (:func:`wise_plugin.core.subjects.request_subject`).
+
+``AnswerIndex`` pairs each edit's subject anchors with the token sequences of its new answer: a
+memory that sees an edit's answer written after that edit's subject stops acting on the positions
+from there on (``answer_stop``), so free generation gives the answer once and goes on as the
+unedited model would.
 """
 
 from __future__ import annotations
@@ -99,3 +104,100 @@ class AnchorIndex:
         index = cls()
         index.groups = [None if group is None else [tuple(a) for a in group] for group in (state or [])]
         return index
+
+
+def _find(tokens: Sequence[int], pattern: Anchor, start: int = 0) -> Optional[int]:
+    """First position >= ``start`` where ``pattern`` begins in ``tokens``; None if it does not occur."""
+    width = len(pattern)
+    for position in range(start, len(tokens) - width + 1):
+        if tokens[position] == pattern[0] and tuple(tokens[position:position + width]) == pattern:
+            return position
+    return None
+
+
+class AnswerIndex:
+    """Each memory's edits as (subject anchors, answer anchors) pairs, for ``answer_stop``.
+
+    An edit's answer counts only where it follows that edit's subject in the row: an answer that
+    merely names something else (another edit's answer is "Fiat", and "Fiat Campagnola, developed
+    by" is a prompt of the same memory) must not silence the memory before it has answered. An
+    edit without a subject counts its answer anywhere.
+    """
+
+    def __init__(self) -> None:
+        self.groups: list[list[tuple[Optional[list[Anchor]], list[Anchor]]]] = []
+
+    def add(self, memory: int, tok: Any, request: dict[str, Any]) -> None:
+        """Book the request's subject and answer under ``memory``."""
+        while len(self.groups) <= memory:
+            self.groups.append([])
+        target = str(request["target_new"]).strip()
+        answers = sorted({tuple(tok(text, add_special_tokens=False)["input_ids"]) for text in (target, " " + target)} - {()})
+        self.groups[memory].append((subject_anchors(tok, request), answers))
+
+    def first_end(self, tokens: Sequence[int], memory: int) -> Optional[int]:
+        """Position of the last token of the earliest-ending answer of ``memory``'s edits written
+        after its edit's subject in ``tokens``; None when there is none."""
+        end: Optional[int] = None
+        for subjects, answers in self.groups[memory] if memory < len(self.groups) else ():
+            after = 0
+            if subjects is not None:
+                named = [(at, len(s)) for s in subjects if (at := _find(tokens, s)) is not None]
+                if not named:
+                    continue
+                after = min(at + width for at, width in named)
+            for answer in answers:
+                at = _find(tokens, answer, after)
+                if at is not None:
+                    last = at + len(answer) - 1
+                    end = last if end is None else min(end, last)
+        return end
+
+    def state(self) -> list[list[list[Any]]]:
+        """JSON form, for checkpoints."""
+        return [[[None if subjects is None else [list(a) for a in subjects], [list(a) for a in answers]]
+                 for subjects, answers in group] for group in self.groups]
+
+    @classmethod
+    def from_state(cls, state: Optional[list[list[list[Any]]]]) -> "AnswerIndex":
+        index = cls()
+        index.groups = [[(None if subjects is None else [tuple(a) for a in subjects], [tuple(a) for a in answers])
+                         for subjects, answers in group] for group in (state or [])]
+        return index
+
+
+def extend_row_ids(previous: Optional[torch.Tensor], ids: Optional[torch.Tensor], continuing: bool) -> Optional[torch.Tensor]:
+    """Token ids of the rows so far: ``ids`` for a new call, appended to ``previous`` while a KV
+    cache grows (generation passes only the new tokens then)."""
+    if ids is None:
+        return None
+    if continuing and previous is not None and previous.shape[0] == ids.shape[0]:
+        return torch.cat([previous, ids.to(previous.device)], dim=1)
+    return ids.detach()
+
+
+def answer_gate(answers: AnswerIndex, row_ids: Optional[torch.Tensor], choice: torch.Tensor,
+                length: int) -> Optional[torch.Tensor]:
+    """(rows, length, 1): 0 from the last token of the first answer of the row's memory (expert)
+    written in the row, 1 before it; None when no row has written one (``answer_stop``).
+
+    ``row_ids`` are the rows' token ids so far (``extend_row_ids``); this call's positions are
+    their last ``length``. The output at a position predicts the next token, so from the answer's
+    last token on the memory has nothing left to say: the model continues after the answer as
+    unedited, which keeps free generation from repeating it. Teacher-forced scoring is unchanged:
+    its labels end at the answer's last token.
+    """
+    if row_ids is None or row_ids.shape[0] != choice.shape[0] or row_ids.shape[1] < length:
+        return None
+    offset = row_ids.shape[1] - length
+    gate: Optional[torch.Tensor] = None
+    for row, memory in enumerate(choice.tolist()):
+        if memory < 0:
+            continue
+        end = answers.first_end(row_ids[row].tolist(), memory)
+        if end is None or end - offset >= length:
+            continue
+        if gate is None:
+            gate = torch.ones(choice.shape[0], length, 1, device=choice.device)
+        gate[row, max(end - offset, 0):] = 0.0
+    return gate

@@ -16,7 +16,7 @@ from torch import nn
 
 from wise_plugin.core.checkpoint_files import (CheckpointError, read_checkpoint, same_weights, weight_fingerprint,
                                                write_checkpoint)
-from wise_plugin.core.anchors import AnchorIndex
+from wise_plugin.core.anchors import AnchorIndex, AnswerIndex
 from wise_plugin.lemoe.model import attach, detach, find_layer
 from wise_plugin.core.modules import module_path
 
@@ -49,7 +49,7 @@ def save_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> str:
         "key_dim": layer.router.up.out_features, "lambda_": layer.lambda_, "seed": layer.seed,
         "n_experts": len(layer.experts), "open": layer.open, "gate": layer.gate,
         "edits": [[list(e) for e in edits] for edits in layer.edits], "thresholds": layer.thresholds,
-        "anchors": layer.anchors.state(),
+        "anchors": layer.anchors.state(), "answers": layer.answers.state(),
         "planner_state": layer.planner_state,
     }
     return write_checkpoint(path, STEM, tensors, meta)
@@ -98,6 +98,7 @@ def _fill(layer: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
     layer.edits = [[tuple(e) for e in edits] for edits in meta["edits"]]
     layer.thresholds = list(meta["thresholds"])
     layer.anchors = AnchorIndex.from_state(meta.get("anchors"))  # older checkpoints: every expert open
+    layer.answers = AnswerIndex.from_state(meta.get("answers"))  # older checkpoints: no expert stops early
     layer.gate = bool(meta["gate"])
     layer.anchor_embeds, layer.anchor_expert = tensors["anchor_embeds"], tensors["anchor_expert"].long()
     layer.pool_embeds = tensors.get("pool_embeds")

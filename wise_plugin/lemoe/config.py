@@ -51,6 +51,9 @@ class LEMoEHyperParams(HyperParams):
     subject_anchor: bool = False
     # With gate and subject_anchor: a row naming a subject of its expert's edits passes that expert's gate.
     anchor_route: bool = False
+    # An expert stops acting on the positions after one of its edits' new answers is written in the
+    # row: free generation gives the answer once, then goes on as the unedited model would.
+    answer_stop: bool = False
     # Statements about each edit's subject (core/rows.py SUBJECT_TEMPLATES) trained with its target
     # beside the prompt: the edit then reaches other questions about the subject (0: none).
     subject_templates: int = 0

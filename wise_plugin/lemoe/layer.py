@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wise_plugin.core.anchors import AnchorIndex
+from wise_plugin.core.anchors import AnchorIndex, AnswerIndex, answer_gate
 from wise_plugin.core.modules import tensor_bytes
 
 
@@ -83,6 +83,9 @@ class LEMoELayer(nn.Module):
         self.anchors = AnchorIndex()  # subject anchors of each expert's edits (subject_anchor)
         self.anchor_hits: Optional[torch.Tensor] = None  # (rows, experts) of the current forward, set by the hook
         self.anchor_route = False  # with the gate: a row naming an expert's subject passes the gate of that expert
+        self.answers = AnswerIndex()  # subjects and new answers of each expert's edits (answer_stop)
+        self.answer_stop = False  # an expert is silent after one of its answers is written in the row
+        self.row_ids: Optional[torch.Tensor] = None  # token ids of the rows so far (the prompt, then generated ones)
         self.continuing = False
         self.cached_choice: Optional[torch.Tensor] = None
         self.last_choice: Optional[torch.Tensor] = None
@@ -190,7 +193,10 @@ class LEMoELayer(nn.Module):
         if bool((choice < 0).all()):
             return out
         hidden = out[0] if isinstance(out, tuple) else out
-        hidden = hidden + self.expert_delta(x, choice.to(x.device)).to(hidden.dtype)
+        delta = self.expert_delta(x, choice.to(x.device))
+        gate = answer_gate(self.answers, self.row_ids, choice, x.shape[1]) \
+            if self.answer_stop and self.force_expert is None else None
+        hidden = hidden + (delta if gate is None else delta * gate.to(delta)).to(hidden.dtype)
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
     def snapshot(self) -> dict[str, Any]:
@@ -206,6 +212,7 @@ class LEMoELayer(nn.Module):
             "edits": [list(e) for e in self.edits], "thresholds": list(self.thresholds),
             "anchor_embeds": self.anchor_embeds.clone(), "anchor_expert": self.anchor_expert.clone(),
             "planner_state": dict(self.planner_state), "anchors": self.anchors.state(),
+            "answers": self.answers.state(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -229,3 +236,4 @@ class LEMoELayer(nn.Module):
         self.anchor_embeds, self.anchor_expert = state["anchor_embeds"], state["anchor_expert"]
         self.planner_state = dict(state["planner_state"])
         self.anchors = AnchorIndex.from_state(state["anchors"])
+        self.answers = AnswerIndex.from_state(state.get("answers"))

@@ -59,6 +59,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
     with editing(model, handle):
         layer.gate = hparams.gate
         layer.anchor_route = hparams.anchor_route
+        layer.answer_stop = hparams.answer_stop
         if hparams.gate and layer.pool_embeds is None:
             layer.pool_embeds = pooled_embeddings(model, tok, list(load_loc_pool(hparams.loc_pool))).to(layer.device)
         requests = list(requests)
@@ -84,6 +85,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
             layer.edits[index].extend((r["prompt"], r["target_new"], request_subject(r)) for r in chunk)
             for request in chunk:
                 layer.anchors.add(index, subject_anchors(tok, request) if hparams.subject_anchor else None)
+                layer.answers.add(index, tok, request)
             anchors = pooled_embeddings(model, tok, [anchor_text(r) for r in chunk]).to(layer.device)
             layer.anchor_embeds = torch.cat([layer.anchor_embeds, anchors])
             layer.anchor_expert = torch.cat([layer.anchor_expert, torch.full(

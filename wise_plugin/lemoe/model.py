@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from wise_plugin.hparams import HParamsError
+from wise_plugin.core.anchors import extend_row_ids
 from wise_plugin.lemoe.layer import LEMoELayer, pool
 from wise_plugin.core.modules import (StopForward, UpperStack, cached_length, find_wrapper, input_device, locate,
                                       swap_in, swap_out, upper_stack)
@@ -43,12 +44,13 @@ def _routing_pre_hook(layer: LEMoELayer, embeddings: nn.Module):
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         layer.continuing = bool(cached_length(kwargs))
+        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        layer.row_ids = extend_row_ids(layer.row_ids, ids, layer.continuing) if layer.answer_stop else None
         if layer.continuing:
             return
         layer.cached_choice = None
         mask = kwargs.get("attention_mask")
         embeds = kwargs.get("inputs_embeds")
-        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         with torch.no_grad():
             if embeds is None and ids is not None:
                 embeds = embeddings(ids)

@@ -21,7 +21,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``, ``stop_token_share``,
-    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``memory_dtype``, ``memory_rank``, ``replay_pool``, ``subject_templates``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``answer_stop``, ``memory_dtype``, ``memory_rank``, ``replay_pool``, ``subject_templates``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -84,6 +84,9 @@ class WISEHyperParams(HyperParams):
     # With subject_anchor: a row naming the subject of one of a memory's edits goes to that memory
     # even when its routing score is below the memory's threshold.
     anchor_route: bool = False
+    # A memory stops acting on the positions after one of its edits' new answers is written in the
+    # row: free generation gives the answer once, then goes on as the unedited model would.
+    answer_stop: bool = False
     # dtype of the values a retired WISE-Retrieve memory keeps on its support (wise/retired.py)
     memory_dtype: str = "float16"
     # Keep a retired memory as the rank-r truncated SVD of its change when that is smaller than its

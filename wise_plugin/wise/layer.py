@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from wise_plugin.core.anchors import answer_gate
 from wise_plugin.core.modules import tensor_bytes
 from wise_plugin.wise.caches import EditCaches
 from wise_plugin.wise.memory import MemoryBook, Probe
@@ -82,6 +83,8 @@ class WISELayer(nn.Module):
         self.cached_choice: Optional[torch.Tensor] = None  # per-row memory index kept during generation
         self.anchor_hits: Optional[torch.Tensor] = None  # (rows, memories): row names a subject of the memory
         self.anchor_route = False  # a row naming a memory's subject goes there even below its threshold
+        self.answer_stop = False  # a memory is silent after one of its answers is written in the row
+        self.row_ids: Optional[torch.Tensor] = None  # token ids of the rows so far (the prompt, then generated ones)
         self.last_scores: Optional[torch.Tensor] = None
         self.last_inputs: Optional[torch.Tensor] = None
         self.step_delta: Optional[torch.Tensor] = None  # W' - W of the current edit iteration
@@ -123,15 +126,17 @@ class WISELayer(nn.Module):
         if not bool((choice >= 0).any()):
             return base_out
         out = base_out.clone()
+        gate = answer_gate(self.book.answers, self.row_ids, choice, x.shape[1]) if self.answer_stop else None
         for memory in choice.unique().tolist():
             if memory < 0:
                 continue
             rows = choice == memory
             if memory in computed:  # scored while routing: reuse the change it made to the candidates
                 scored_rows, delta = computed[memory]
-                out[rows] = out[rows] + delta[rows[scored_rows]]
+                delta = delta[rows[scored_rows]]
             else:  # decision kept from the prompt: only the chosen memory is computed
-                out[rows] = out[rows] + self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
+                delta = self.apply_delta(x[rows], self._memory_delta(memory, x.dtype))
+            out[rows] = out[rows] + (delta if gate is None else delta * gate[rows].to(delta))
         return out
 
     # -- memories and routing ---------------------------------------------------------------------

@@ -219,6 +219,7 @@ def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
     result = train_edit(model, layer, stack, batch, loc, hparams, rehearsed)
     layer.book.memory.append((request["prompt"], request["target_new"]))
     layer.book.anchors.add(len(layer.book.group_thresholds), anchors)
+    layer.book.answers.add(len(layer.book.group_thresholds), tok, request)
     if result.block_input is not None:
         layer.caches.block_inputs[batch.text] = result.block_input
     layer.finish_edit(result.score, hparams.act_ratio, hparams.save_freq, hparams.merge_freq,
@@ -254,6 +255,7 @@ def apply_wise_to_model(model: nn.Module, tok: Any, requests: list[dict[str, Any
         raise
     layer.route_by = hparams.route_by
     layer.anchor_route = hparams.anchor_route
+    layer.answer_stop = hparams.answer_stop
     layer.retired.dtype = MEMORY_DTYPES[hparams.memory_dtype]
     layer.retired.rank = hparams.memory_rank
     handle = WISERestore(model, layer, None if created else layer.snapshot(), hparams.lifelong, loaded)

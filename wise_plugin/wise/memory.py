@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from wise_plugin.core.anchors import AnchorIndex
+from wise_plugin.core.anchors import AnchorIndex, AnswerIndex
 
 Probe = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # projection inputs, whole-row mask, prompt mask
 
@@ -37,6 +37,7 @@ class MemoryBook:
         self.memory: list[tuple[str, str]] = []  # (prompt, target) of every edit, for rehearsal and replay
         self.probes: list[Probe] = []  # bare rows of the active memory's edits
         self.anchors = AnchorIndex()  # subject anchors of each memory's edits (subject_anchor)
+        self.answers = AnswerIndex()  # subjects and new answers of each memory's edits (answer_stop)
         self.reservoir: list[int] = []  # indices (into memory) of earlier-memory edits replay draws from
         self.reservoir_seen = 0  # earlier-memory edits the reservoir has considered
 
@@ -108,7 +109,7 @@ class MemoryBook:
                 "mask": clone(self.mask), "edits": self.edits, "shard_index": self.shard_index,
                 "min_edit_score": self.min_edit_score, "threshold": self.threshold, "memory": list(self.memory),
                 "group_thresholds": list(self.group_thresholds), "group_start": self.group_start,
-                "probes": list(self.probes), "anchors": self.anchors.state(),
+                "probes": list(self.probes), "anchors": self.anchors.state(), "answers": self.answers.state(),
                 "reservoir": list(self.reservoir), "reservoir_seen": self.reservoir_seen}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -122,6 +123,7 @@ class MemoryBook:
         self.group_start = state["group_start"]
         self.probes = list(state.get("probes", []))
         self.anchors = AnchorIndex.from_state(state.get("anchors"))
+        self.answers = AnswerIndex.from_state(state.get("answers"))
         # states from before the reservoir: it is rebuilt from the stored edits on the next draw
         self.reservoir = list(state.get("reservoir", []))
         self.reservoir_seen = state.get("reservoir_seen", 0)
@@ -141,6 +143,7 @@ class MemoryBook:
                 "n_probes": len(self.probes), "min_edit_score": self.min_edit_score, "threshold": self.threshold,
                 "group_thresholds": list(self.group_thresholds), "group_start": self.group_start,
                 "memory": [list(item) for item in self.memory], "anchors": self.anchors.state(),
+                "answers": self.answers.state(),
                 "reservoir": list(self.reservoir), "reservoir_seen": self.reservoir_seen}
         return tensors, meta
 
@@ -160,5 +163,6 @@ class MemoryBook:
             "probes": [(cast(f"probe.{i}.acts"), tensors[f"probe.{i}.row_mask"].to(self.device),
                         tensors[f"probe.{i}.prompt_mask"].to(self.device)) for i in range(meta["n_probes"])],
             "anchors": meta.get("anchors"),  # checkpoints before subject anchors: every memory open
+            "answers": meta.get("answers"),  # checkpoints before answer anchors: no memory stops early
             "reservoir": meta.get("reservoir", []), "reservoir_seen": meta.get("reservoir_seen", 0),
         })

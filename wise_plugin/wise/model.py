@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from wise_plugin.core.anchors import extend_row_ids
 from wise_plugin.core.modules import (block_calls, cached_length, content_mask, find_wrapper, input_device, locate,
                                       swap_in, swap_out)
 from wise_plugin.hparams import HParamsError
@@ -77,6 +78,7 @@ def _routing_pre_hook(layer: WISELayer):
         ids = kwargs.get("input_ids", args[0] if args else None)
         layer.token_mask = content_mask(module, ids, kwargs.get("attention_mask"))
         layer.continuing = bool(cached_length(kwargs))
+        layer.row_ids = extend_row_ids(layer.row_ids, ids, layer.continuing) if layer.answer_stop else None
         if not layer.continuing:
             layer.cached_choice = None
             anchors = layer.book.anchors
