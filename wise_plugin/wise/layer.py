@@ -54,7 +54,9 @@ class WISELayer(nn.Module):
     through the memory whose routing score (``row_scores``) is above its threshold (top-1 by
     ``route_by``), else through the main memory alone; a memory whose subject anchors the row does
     not name is neither a candidate nor scored, so the cost follows the anchors a row hits, not
-    the number of memories.
+    the number of memories. With ``answer_stop`` the chosen memory is silent from the position
+    where one of its edits' answers has been written after that edit's subject
+    (:func:`wise_plugin.core.anchors.answer_gate`).
     """
 
     def __init__(self, base: nn.Module, mask_ratio: float, seed: int, retrieve: bool = False) -> None:
