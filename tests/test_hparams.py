@@ -166,11 +166,12 @@ def test_dense_recipe_is_the_shipped_one_with_six_values_changed():
                        "subject_templates": (0, 8), "memory_rank": (None, 64), "answer_stop": (False, True)}
 
 
-def test_lemoe_statements_recipe_is_the_gated_one_with_two_values_changed():
-    """The statements YAML is described as the gated LEMoE YAML plus anchor_route and two subject statements."""
+def test_lemoe_statements_recipe_is_the_gated_one_with_three_values_changed():
+    """The statements YAML is described as the gated LEMoE YAML plus anchor_route, two subject
+    statements and answer_stop."""
     from wise_plugin import LEMoEHyperParams
 
     gated = vars(LEMoEHyperParams.from_hparams("LEMoE/smollm2-135m-gate"))
     statements = vars(LEMoEHyperParams.from_hparams("LEMoE/smollm2-135m-gate-statements"))
     changed = {key: (gated[key], statements[key]) for key in gated if gated[key] != statements[key]}
-    assert changed == {"anchor_route": (False, True), "subject_templates": (0, 2)}
+    assert changed == {"anchor_route": (False, True), "subject_templates": (0, 2), "answer_stop": (False, True)}
