@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Any, Sequence
 
-
-def mentions(generation: str, target: str) -> int:
-    """Whole-word, case-insensitive occurrences of ``target`` in ``generation`` ("40" not in "4000")."""
-    pattern = r"(?<!\w)" + re.escape(target.strip()) + r"(?!\w)"
-    return len(re.findall(pattern, generation, flags=re.IGNORECASE))
+from wise_plugin.evaluation import target_mentions
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -33,7 +28,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for record in records:
         if record.get("greedy") is None:
             continue
-        groups.setdefault((record["editor"], record["T"]), []).append(mentions(record["greedy"], record["target_new"]))
+        groups.setdefault((record["editor"], record["T"]), []).append(target_mentions(record["greedy"], record["target_new"]))
     return [{"editor": editor, "T": t, "records": len(counts),
              "contains": sum(c >= 1 for c in counts) / len(counts), "repeats": sum(c >= 2 for c in counts) / len(counts)}
             for (editor, t), counts in sorted(groups.items())]

@@ -34,10 +34,12 @@ def test_same_subject_probes_ask_other_relations_of_the_edited_subject():
 
 
 def test_repeats_counts_whole_word_mentions_of_the_new_answer():
+    from wise_plugin.evaluation import target_mentions
+
     repeats = _load("repeats")
-    assert repeats.mentions("Michelangelo Michelangelo was born", "Michelangelo") == 2
-    assert repeats.mentions("Gd.\n\nThe gold market", " Gd") == 1
-    assert repeats.mentions("4000 and 40", "40") == 1  # whole words only
+    assert target_mentions("Michelangelo Michelangelo was born", "Michelangelo") == 2
+    assert target_mentions("Gd.\n\nThe gold market", " Gd") == 1
+    assert target_mentions("4000 and 40", "40") == 1  # whole words only
     records = [{"editor": "WISE", "T": 10, "target_new": "Paris", "greedy": g}
                for g in ("Paris, France", "Paris Paris", "London", None)]
     assert repeats.summarize(records) == [{"editor": "WISE", "T": 10, "records": 3, "contains": 2 / 3, "repeats": 1 / 3}]

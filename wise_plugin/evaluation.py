@@ -136,10 +136,15 @@ def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 12) -
     return tok.decode(greedy_ids(model, tok, prompt, max_new_tokens), skip_special_tokens=True).strip()
 
 
-def contains_target(generation: str, target: str) -> bool:
-    """Whether ``target`` appears in ``generation`` as whole words (case-insensitive): "40" not in "4000"."""
+def target_mentions(generation: str, target: str) -> int:
+    """How often ``target`` appears in ``generation`` as whole words (case-insensitive): "40" not in "4000"."""
     pattern = r"(?<!\w)" + re.escape(target.strip()) + r"(?!\w)"
-    return re.search(pattern, generation, flags=re.IGNORECASE) is not None
+    return len(re.findall(pattern, generation, flags=re.IGNORECASE))
+
+
+def contains_target(generation: str, target: str) -> bool:
+    """Whether ``target`` appears in ``generation`` as whole words (:func:`target_mentions`)."""
+    return target_mentions(generation, target) > 0
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

@@ -25,14 +25,17 @@ from wise_plugin.core.subjects import request_subject
 Anchor = tuple[int, ...]
 
 
+def token_variants(tok: Any, text: str) -> list[Anchor]:
+    """Token sequences of ``text`` as the tokenizer writes it at the start and mid-sentence."""
+    variants = {tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in (text, " " + text)}
+    return sorted(v for v in variants if v)
+
+
 def subject_anchors(tok: Any, request: dict[str, Any]) -> Optional[list[Anchor]]:
     """Token sequences of the request's subject; None when no subject is found (the edit's memory
     is then not gated)."""
     subject = request_subject(request)
-    if not subject:
-        return None
-    variants = {tuple(tok(text, add_special_tokens=False)["input_ids"]) for text in (subject, " " + subject)}
-    return sorted(v for v in variants if v)
+    return token_variants(tok, subject) if subject else None
 
 
 class AnchorIndex:
@@ -131,9 +134,7 @@ class AnswerIndex:
         """Book the request's subject and answer under ``memory``."""
         while len(self.groups) <= memory:
             self.groups.append([])
-        target = str(request["target_new"]).strip()
-        answers = sorted({tuple(tok(text, add_special_tokens=False)["input_ids"]) for text in (target, " " + target)} - {()})
-        self.groups[memory].append((subject_anchors(tok, request), answers))
+        self.groups[memory].append((subject_anchors(tok, request), token_variants(tok, str(request["target_new"]).strip())))
 
     def first_end(self, tokens: Sequence[int], memory: int) -> Optional[int]:
         """Position of the last token of the earliest-ending answer of ``memory``'s edits written
