@@ -78,6 +78,23 @@ def test_resumed_editing_matches_uninterrupted(tiny, tok, hparams, tmp_path, ret
         assert torch.equal(a.retired.delta(m, torch.float32), b.retired.delta(m, torch.float32))
 
 
+def test_loaded_model_routes_as_the_saved_one_without_another_edit(tiny, tok, hparams, tmp_path):
+    """A resumed run may only score (all edits were done before the break): the loaded model must
+    then route with the saved anchor_route and answer_stop, not the defaults of a bare layer."""
+    hparams.anchor_route = hparams.answer_stop = True
+    edited = copy.deepcopy(tiny)
+    for i in range(3):
+        apply_wise_to_model(edited, tok, [dict(request(i), subject=FACTS[i][0].split()[-2])], hparams)
+    save_checkpoint(edited, str(tmp_path), hparams.inner_params[0])
+    loaded = copy.deepcopy(tiny)
+    load_checkpoint(loaded, str(tmp_path), hparams.inner_params[0])
+    assert find_layer(loaded).anchor_route and find_layer(loaded).answer_stop
+    texts = [f"{p} {t} and {t}" for p, t in FACTS[:3]] + ["Rivers of Europe"]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, edited(**batch).logits, rtol=0, atol=0)
+
+
 def test_load_into_another_dtype_uses_safe_loading(tiny, tok, hparams, tmp_path):
     apply_wise_to_model(tiny, tok, [request(0)], hparams)
     save_checkpoint(tiny, str(tmp_path), hparams.inner_params[0])

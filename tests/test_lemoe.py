@@ -219,11 +219,13 @@ def test_whole_batch_call_is_planned(tok):
 def test_checkpoint_round_trip(tok, tmp_path):
     model = tiny_model()
     fresh = copy.deepcopy(model)
-    hparams = tiny_hparams(gate=True, lifelong=True, plan=True)
+    hparams = tiny_hparams(gate=True, lifelong=True, plan=True, anchor_route=True, answer_stop=True)
     apply_lemoe_to_model(model, tok, requests(5), hparams)
     save_checkpoint(model, str(tmp_path), hparams)
     load_checkpoint(fresh, str(tmp_path), hparams)
     saved, loaded = find_layer(model), find_layer(fresh)
+    # inference settings come with the state: a resumed run may score without another edit call
+    assert loaded.anchor_route and loaded.answer_stop
     assert loaded.edits == saved.edits and loaded.thresholds == saved.thresholds and loaded.open == saved.open
     assert loaded.planner_state == saved.planner_state and torch.equal(loaded.planner_centroids, saved.planner_centroids)
     texts = [f"{p} {t}" for p, t in FACTS[:5]] + ["which ocean lies between africa and australia"]

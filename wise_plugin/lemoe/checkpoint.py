@@ -48,6 +48,7 @@ def save_checkpoint(model: nn.Module, path: str, hparams: Any = None) -> str:
         "hidden": layer.hidden, "expert_width": layer.expert_width, "router_hidden": layer.router.down.out_features,
         "key_dim": layer.router.up.out_features, "lambda_": layer.lambda_, "seed": layer.seed,
         "n_experts": len(layer.experts), "open": layer.open, "gate": layer.gate,
+        "anchor_route": layer.anchor_route, "answer_stop": layer.answer_stop,
         "edits": [[list(e) for e in edits] for edits in layer.edits], "thresholds": layer.thresholds,
         "anchors": layer.anchors.state(), "answers": layer.answers.state(),
         "planner_state": layer.planner_state,
@@ -100,6 +101,9 @@ def _fill(layer: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
     layer.anchors = AnchorIndex.from_state(meta.get("anchors"))  # older checkpoints: every expert open
     layer.answers = AnswerIndex.from_state(meta.get("answers"))  # older checkpoints: no expert stops early
     layer.gate = bool(meta["gate"])
+    # inference settings, so a loaded model routes as the saved one did before any edit call
+    layer.anchor_route = bool(meta.get("anchor_route", False))
+    layer.answer_stop = bool(meta.get("answer_stop", False))
     layer.anchor_embeds, layer.anchor_expert = tensors["anchor_embeds"], tensors["anchor_expert"].long()
     layer.pool_embeds = tensors.get("pool_embeds")
     layer.planner_centroids = tensors.get("planner_centroids")

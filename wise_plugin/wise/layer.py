@@ -316,7 +316,8 @@ class WISELayer(nn.Module):
         tensors = {"side_weight": self.side_weight.detach(), "side_base": self.side_base.detach()}
         tensors.update(self.retired.checkpoint_tensors())
         meta = {"shape": list(self.side_weight.shape), "dtype": str(self.side_weight.dtype).removeprefix("torch."),
-                "retrieve": self.retrieve, "route_by": self.route_by, "retired": len(self.retired)}
+                "retrieve": self.retrieve, "route_by": self.route_by, "anchor_route": self.anchor_route,
+                "answer_stop": self.answer_stop, "retired": len(self.retired)}
         return tensors, meta
 
     @torch.no_grad()
@@ -327,4 +328,8 @@ class WISELayer(nn.Module):
         legacy = cast("group_stack") if "group_stack" in tensors else None  # dense, before sparse memories
         self.retired.load_checkpoint_tensors(tensors, meta.get("retired", 0), legacy, self.conv1d_layout)
         self.route_by = meta.get("route_by", "score")  # checkpoints before route_by routed by score
+        # a loaded model routes as the saved one did even before any edit call sets these again
+        # (checkpoints written before they were saved: off, as their edit calls may have left them)
+        self.anchor_route = bool(meta.get("anchor_route", False))
+        self.answer_stop = bool(meta.get("answer_stop", False))
         self.cached_choice = None
