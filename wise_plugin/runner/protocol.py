@@ -276,7 +276,7 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     else:
         before, near_before = [], []
         profile = scoring_profile(editor.hparams, editor.model_name)
-        for request in tqdm(requests, desc="scoring before edits", unit="edit", disable=not progress, leave=False):
+        for request in tqdm(requests, desc="scoring before edits", unit="request", disable=not progress, leave=False):
             def take(request: dict[str, Any] = request) -> tuple[dict[str, Any], list[list[int]]]:
                 return (_score(editor, request, fmt.eval_metric, options.eval_target_tokens),
                         _near_miss_answers(editor, request.get("near_miss", []), options.near_miss_tokens))
@@ -291,7 +291,7 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     # a near-miss prompt that is itself a prompt of the stream is an edit, not a neighbour: it may change
     edited = stream_prompts(requests)
     records = []
-    scored = tqdm(list(zip(requests, before, near_before)), desc="scoring after all edits", unit="edit",
+    scored = tqdm(list(zip(requests, before, near_before)), desc="scoring after all edits", unit="request",
                   disable=not progress, leave=False)
     for offset, (request, pre, near_pre) in enumerate(scored):
         index = first_index + offset
