@@ -53,6 +53,29 @@ def test_lifelong_edits_accumulate_across_base_editor_calls(smollm2_hparams):
 
 
 @pytest.mark.host
+def test_batched_generation_gives_each_row_the_answer_it_gets_alone_after_edits(smollm2_hparams):
+    """The runner answers prompts in left-padded batches: padding is masked out of attention and of
+    WISE's routing and anchors, so every row (edited, rephrased, unrelated, of any length) gets the
+    tokens and the WILD answer it gets alone."""
+    from wise_plugin.evaluation import greedy_ids, greedy_ids_many, wild_answer, wild_answers
+
+    smollm2_hparams.lifelong = True
+    editor = wise_plugin.load_editor(smollm2_hparams)
+    for edit in EDITS:
+        editor.edit(prompts=edit["prompt"], target_new=edit["target_new"], ground_truth=edit["ground_truth"],
+                    verbose=False)
+    prompts = [EDITS[0]["prompt"], "Who painted the Mona Lisa? The painter was", "The capital of Canada is",
+               EDITS[1]["prompt"], "Water boils at", "The author of the novel Moby-Dick, published in 1851, is"]
+    targets = ["Melbourne", "Michelangelo", "Ottawa", "Michelangelo", "100 degrees", "Herman Melville"]
+    model, tok = editor.model, editor.tok
+    alone = [greedy_ids(model, tok, p, 10) for p in prompts]
+    assert greedy_ids_many(model, tok, prompts, 10, batch_size=4) == alone
+    assert any(tok.decode(ids).strip().startswith("Melbourne") for ids in alone[:1])  # the edit is in force
+    assert wild_answers(model, tok, prompts, targets, batch_size=6) == [wild_answer(model, tok, p, t)
+                                                                        for p, t in zip(prompts, targets)]
+
+
+@pytest.mark.host
 def test_without_lifelong_the_host_undoes_each_edit(smollm2_hparams):
     editor = wise_plugin.load_editor(smollm2_hparams)
     before = logits(editor.model, editor.tok, EDITS[0]["prompt"])

@@ -528,11 +528,16 @@ def test_a_chunk_interrupted_while_scoring_after_its_edits_resumes_without_editi
     the editor saved after the last edit, keeps the records already scored and scores only the rest."""
     from wise_plugin.runner import protocol
 
-    options = RunOptions(t_values=(3,), n=3, progress=False, checkpoint_every=2)  # 3 is not a multiple of 2
+    # 3 is not a multiple of 2. The straight run scores its 3 requests as one block (batched
+    # generation), the interrupted one a request at a time, so the interruption falls between records;
+    # both give the same records.
+    options = RunOptions(t_values=(3,), n=3, progress=False, checkpoint_every=2)
+    straight = run_comparison(load_specs(tiny_yamls[:1]), load_requests("builtin"), dataset_format("builtin"),
+                              options, str(tmp_path / "straight"), model_factory=TinyModels(smollm2_path))
+    options = RunOptions(t_values=(3,), n=3, progress=False, checkpoint_every=2, score_batch=1)
     args = (load_specs(tiny_yamls[:1]), load_requests("builtin"), dataset_format("builtin"), options)
-    straight = run_comparison(*args, str(tmp_path / "straight"), model_factory=TinyModels(smollm2_path))
 
-    real_score, real_after, scored = protocol._score, protocol._score_after, []
+    real_score, real_after, scored = protocol._score, protocol._score_block, []
 
     def interrupted(*a, **k):
         if len(scored) == 2:  # the third request's scoring after the edits
@@ -541,11 +546,11 @@ def test_a_chunk_interrupted_while_scoring_after_its_edits_resumes_without_editi
         return real_after(*a, **k)
 
     out = str(tmp_path / "resumed")
-    monkeypatch.setattr(protocol, "_score_after", interrupted)
+    monkeypatch.setattr(protocol, "_score_block", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_comparison(*args, out, model_factory=TinyModels(smollm2_path))
     edits, scores = [], []
-    monkeypatch.setattr(protocol, "_score_after", real_after)
+    monkeypatch.setattr(protocol, "_score_block", real_after)
     monkeypatch.setattr(protocol, "_edit", lambda *a, **k: edits.append(1) or 0.0)
     monkeypatch.setattr(protocol, "_score", lambda *a, **k: scores.append(1) or real_score(*a, **k))
     resumed = run_comparison(*args, out, model_factory=TinyModels(smollm2_path))

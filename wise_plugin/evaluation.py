@@ -121,19 +121,71 @@ def lifelong_evaluate(editor: Any, requests: Sequence[dict[str, Any]], edited_be
     return result
 
 
+GENERATION_BATCH = 16  # prompts per ``generate`` call when many are answered (the runner's scoring)
+
+
+def _stop_ids(model: Any, tok: Any) -> set[int]:
+    """Token ids that end a row's generation: the model's end-of-sequence ids and the padding id
+    that ``generate`` writes after a row has stopped."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tok.eos_token_id, _pad_id(tok)}
+    return {int(i) for i in ids if i is not None}
+
+
+def _pad_id(tok: Any) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def _batches(prompts: Sequence[str], tok: Any, batch_size: int) -> list[list[int]]:
+    """Indices of ``prompts`` in batches of similar token length (less padding); order restored by the caller."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    order = sorted(range(len(prompts)), key=lambda i: len(tok(prompts[i])["input_ids"]))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _generate(model: Any, tok: Any, prompts: Sequence[str], **kwargs: Any) -> list[list[int]]:
+    """New tokens of each row of one left-padded ``generate`` call, padding included."""
+    encoded = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left").to(
+        next(model.parameters()).device)
+    out = model.generate(**encoded, do_sample=False, pad_token_id=_pad_id(tok), **kwargs)
+    return out[:, encoded["input_ids"].shape[1]:].tolist()
+
+
 @torch.no_grad()
+def greedy_ids_many(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: int = 12,
+                    batch_size: int = GENERATION_BATCH) -> list[list[int]]:
+    """Token ids of the greedy continuation of each prompt (with the KV cache, as users generate),
+    up to and including the first end-of-sequence token.
+
+    Prompts are answered ``batch_size`` at a time, left padded: a row's padding is masked out of
+    attention and out of the plugin's routing, so each row gets the tokens it gets alone (the
+    runner's equality check is in docs/results.md), about eight times faster on a CPU, where one
+    row's decoding is bound by reading the weights."""
+    stops = _stop_ids(model, tok)
+    answers: list[list[int]] = [[] for _ in prompts]
+    for batch in _batches(prompts, tok, batch_size):
+        for i, row in zip(batch, _generate(model, tok, [prompts[i] for i in batch], max_new_tokens=max_new_tokens)):
+            end = next((k + 1 for k, token in enumerate(row) if token in stops), len(row))
+            answers[i] = row[:end]
+    return answers
+
+
 def greedy_ids(model: Any, tok: Any, prompt: str, max_new_tokens: int = 12) -> list[int]:
-    """Token ids of the greedy continuation of ``prompt`` (with the KV cache, as users generate)."""
-    device = next(model.parameters()).device
-    encoded = tok(prompt, return_tensors="pt").to(device)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return out[0, encoded["input_ids"].shape[1]:].tolist()
+    """Token ids of the greedy continuation of ``prompt`` (:func:`greedy_ids_many`)."""
+    return greedy_ids_many(model, tok, [prompt], max_new_tokens)[0]
+
+
+def greedy_answers(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: int = 12,
+                   batch_size: int = GENERATION_BATCH) -> list[str]:
+    """Greedy continuations of ``prompts`` as text (:func:`greedy_ids_many`)."""
+    return [tok.decode(ids, skip_special_tokens=True).strip()
+            for ids in greedy_ids_many(model, tok, prompts, max_new_tokens, batch_size)]
 
 
 def greedy_answer(model: Any, tok: Any, prompt: str, max_new_tokens: int = 12) -> str:
     """Greedy continuation of ``prompt`` as text."""
-    return tok.decode(greedy_ids(model, tok, prompt, max_new_tokens), skip_special_tokens=True).strip()
+    return greedy_answers(model, tok, [prompt], max_new_tokens)[0]
 
 
 def target_mentions(generation: str, target: str) -> int:
@@ -160,25 +212,53 @@ def normalize_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def wild_answer(model: Any, tok: Any, prompt: str, target: str, use_chat_template: bool = False) -> str:
-    """Greedy answer to ``prompt`` that ends at a natural stop (".", newline, end of sequence), the
-    way the WILD protocol generates: without the KV cache, stop strings matched on the text.
-    Generation is capped at the target's length plus :data:`WILD_SLACK_TOKENS` tokens."""
+def wild_answers(model: Any, tok: Any, prompts: Sequence[str], targets: Sequence[str],
+                 use_chat_template: bool = False, batch_size: int = GENERATION_BATCH) -> list[str]:
+    """Greedy answer to each prompt that ends at a natural stop (".", newline, end of sequence), the
+    way the WILD protocol generates: without the KV cache, stop strings matched on the text. Each
+    answer is capped at its target's length plus :data:`WILD_SLACK_TOKENS` tokens.
+
+    Prompts are answered ``batch_size`` at a time, left padded (as :func:`greedy_ids_many`); a row
+    that stops early is padded by ``generate`` and cut back to its own stop and its own cap here,
+    which gives the tokens it gets alone (greedy decoding does not look ahead)."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"wild_answers: {len(prompts)} prompts but {len(targets)} targets.")
     if use_chat_template:
-        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    device = next(model.parameters()).device
-    encoded = tok(prompt, return_tensors="pt").to(device)
+        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                   for p in prompts]
     stops = [*WILD_STOPS, tok.eos_token] if tok.eos_token else list(WILD_STOPS)
-    budget = len(tok(" " + target)["input_ids"]) + WILD_SLACK_TOKENS
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out = model.generate(**encoded, max_new_tokens=budget, do_sample=False, stop_strings=stops, tokenizer=tok,
-                         use_cache=False, pad_token_id=pad)
-    text = tok.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=False)
+    budgets = [len(tok(" " + target)["input_ids"]) + WILD_SLACK_TOKENS for target in targets]
+    ends = _stop_ids(model, tok)
+    answers = [""] * len(prompts)
+    for batch in _batches(prompts, tok, batch_size):
+        rows = _generate(model, tok, [prompts[i] for i in batch], max_new_tokens=max(budgets[i] for i in batch),
+                         stop_strings=stops, tokenizer=tok, use_cache=False)
+        for i, row in zip(batch, rows):
+            answers[i] = _strip_stop(_until_stop(tok, row[:budgets[i]], stops, ends), stops)
+    return answers
+
+
+def _until_stop(tok: Any, row: Sequence[int], stops: Sequence[str], ends: set[int]) -> str:
+    """Text of ``row`` up to the first token that completes a stop string or ends the sequence, where
+    ``generate`` stops a row (stop strings may overhang the end of that token); what follows it in a
+    batch is padding."""
+    for k in range(1, len(row) + 1):
+        text = tok.decode(row[:k], skip_special_tokens=False)
+        if row[k - 1] in ends or any(stop and stop in text for stop in stops):
+            return text
+    return tok.decode(list(row), skip_special_tokens=False)
+
+
+def _strip_stop(text: str, stops: Sequence[str]) -> str:
     for stop in stops:
         if stop and text.endswith(stop):
             text = text[:-len(stop)]
     return text.strip()
+
+
+def wild_answer(model: Any, tok: Any, prompt: str, target: str, use_chat_template: bool = False) -> str:
+    """WILD-style answer to one prompt (:func:`wild_answers`)."""
+    return wild_answers(model, tok, [prompt], [target], use_chat_template)[0]
 
 
 def wild_exact_match(answer: str, target: str) -> bool:

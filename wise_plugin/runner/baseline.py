@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from wise_plugin.host import host_root
 from wise_plugin.runner.store import ResultStore, json_ready
@@ -50,11 +50,17 @@ class BaselineScores:
 
     def get(self, request: dict[str, Any], profile: dict[str, Any], take: Callable[[], Scores]) -> Scores:
         """The stored scores of ``request``, or ``take()``'s, stored before they are returned."""
-        key = self.key(request, profile)
-        if key in self.store:
-            self.hits += 1
-        else:
-            score, near = take()
-            self.store.add({"key": key, "score": json_ready(score), "near": json_ready(near)})
-        line = self.store.lines[key]
-        return line["score"], line["near"]
+        return self.get_many([request], profile, lambda missing: [take()])[0]
+
+    def get_many(self, requests: Sequence[dict[str, Any]], profile: dict[str, Any],
+                 take: Callable[[list[dict[str, Any]]], list[Scores]]) -> list[Scores]:
+        """The stored scores of each request; those not stored are taken together by ``take`` (which
+        gets them in order and returns one ``Scores`` each) and stored before they are returned."""
+        keys = [self.key(request, profile) for request in requests]
+        missing = [i for i, key in enumerate(keys) if key not in self.store]
+        self.hits += len(requests) - len(missing)
+        if missing:
+            for i, (score, near) in zip(missing, take([requests[i] for i in missing])):
+                if keys[i] not in self.store:  # a request that occurs twice in the block is stored once
+                    self.store.add({"key": keys[i], "score": json_ready(score), "near": json_ready(near)})
+        return [(self.store.lines[key]["score"], self.store.lines[key]["near"]) for key in keys]

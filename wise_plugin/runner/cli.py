@@ -65,6 +65,10 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                          help="save WISE/LEMoE progress inside a chunk every K edits, so that rerunning the command "
                               "after an interruption continues the chunk (default: chunks start over)")
+    compare.add_argument("--score-batch", type=int, default=None, metavar="B",
+                         help="requests scored together; their greedy and WILD generations run as left-padded "
+                              "batches, each row getting the tokens it gets alone (default: 16; 1 scores one "
+                              "request at a time)")
     compare.add_argument("--import-results", nargs="+", default=(), metavar="JSON",
                          help="results.json files of earlier runs (e.g. docs/results/*.json or a run on another "
                               "machine): their chunks whose editor config, model, data and scoring settings match "
@@ -98,9 +102,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     n = BUILTIN_N if args.n is None and args.data is None else args.n
     options = RunOptions(t_values=tuple(args.t_values), n=n, start=args.start, seed=args.seed,
                          eval_target_tokens=args.eval_target_tokens, progress=not args.no_progress,
-                         loc_prompts=args.loc_prompts, checkpoint_every=args.checkpoint_every)
+                         loc_prompts=args.loc_prompts, checkpoint_every=args.checkpoint_every,
+                         **({} if args.score_batch is None else {"score_batch": args.score_batch}))
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise RunnerInputError(f"--checkpoint-every {args.checkpoint_every}: give a number of edits >= 1.")
+    if args.score_batch is not None and args.score_batch < 1:
+        raise RunnerInputError(f"--score-batch {args.score_batch}: give a number of requests >= 1.")
     select_sample(requests, options)  # bad T or --n stop here, before --fresh discards anything
     for path in args.import_results:  # as do unreadable --import-results files
         chunk_lines_of(path)

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS, EditRequestError, check_lengths
-from wise_plugin.evaluation import contains_target, greedy_answer, greedy_ids, wild_answer, wild_exact_match
+from wise_plugin.evaluation import GENERATION_BATCH, contains_target, greedy_answers, greedy_ids_many, wild_answers, wild_exact_match
 from wise_plugin.host import compute_edit_quality
 from wise_plugin.runner.cost import OVERHEAD_MIN_T, PlainModels, inference_overhead, memory_kept, overhead_prompts
 from wise_plugin.runner.datasets import DatasetFormat
@@ -54,8 +54,8 @@ GREEDY_FORMATS = ("zsre", "counterfact", "builtin")
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Settings of one comparison; all but ``progress`` and ``checkpoint_every`` enter the fingerprint
-    of each stored chunk."""
+    """Settings of one comparison; all but ``progress``, ``checkpoint_every`` and ``score_batch`` enter
+    the fingerprint of each stored chunk (batched generation gives each row the tokens it gets alone)."""
 
     t_values: tuple[int, ...]
     n: Optional[int] = None  # sample size; None takes every request from ``start``
@@ -70,6 +70,7 @@ class RunOptions:
     loc_prompts: str = "builtin"
     progress: bool = True
     checkpoint_every: Optional[int] = None  # save a plugin editor's progress inside a chunk every k edits
+    score_batch: int = GENERATION_BATCH  # requests scored together: their greedy and WILD generations share batches
 
 
 @dataclass(frozen=True)
@@ -218,42 +219,65 @@ def _record(request: dict[str, Any], index: int, fmt: DatasetFormat, before: dic
     return record
 
 
-def _near_miss_answers(editor: Any, prompts: Sequence[str], tokens: int) -> list[list[int]]:
-    """Greedy continuations of near-miss prompts (see :mod:`wise_plugin.runner.near_miss`)."""
-    return [greedy_ids(editor.model, editor.tok, prompt, tokens) for prompt in prompts]
-
-
-def _wild(editor: Any, request: dict[str, Any]) -> dict[str, Any]:
-    """WILD-style answers to the edit and rephrase prompts (natural stop, no KV cache) and their
-    normalised exact match against the target."""
-    chat = bool(getattr(editor.hparams, "use_chat_template", False))
-    out: dict[str, Any] = {}
-    for key, prompt_key in (("rel", "prompt"), ("gen", "rephrase_prompt")):
-        if request.get(prompt_key):
-            answer = wild_answer(editor.model, editor.tok, request[prompt_key], request["target_new"], chat)
-            out[f"wild_{key}_answer"] = answer
-            out[f"wild_{key}"] = float(wild_exact_match(answer, request["target_new"]))
+def _near_miss_of(editor: Any, prompt_lists: Sequence[Sequence[str]], tokens: int) -> list[list[list[int]]]:
+    """Greedy continuations of the near-miss prompts of several requests (see
+    :mod:`wise_plugin.runner.near_miss`), generated in batches and split back per request."""
+    flat = greedy_ids_many(editor.model, editor.tok, [p for prompts in prompt_lists for p in prompts], tokens)
+    out, at = [], 0
+    for prompts in prompt_lists:
+        out.append(flat[at:at + len(prompts)])
+        at += len(prompts)
     return out
 
 
-def _score_after(editor: Any, request: dict[str, Any], index: int, fmt: DatasetFormat, options: RunOptions,
-                 before: dict[str, Any], near_before: Sequence[list[int]], edited: set[str],
-                 generation: bool) -> dict[str, Any]:
-    """The record of one request scored on the edited model: the host's scores against ``before``,
-    with ``generation`` the greedy and WILD-style answers (short targets), and near-miss locality
-    over the request's near-miss prompts that are not prompts of the stream (``edited``)."""
-    record = _record(request, index, fmt, before,
-                     _score(editor, request, fmt.eval_metric, options.eval_target_tokens), options)
+def _near_miss_answers(editor: Any, prompts: Sequence[str], tokens: int) -> list[list[int]]:
+    """Greedy continuations of one request's near-miss prompts."""
+    return _near_miss_of(editor, [prompts], tokens)[0]
+
+
+def _wild(editor: Any, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """WILD-style answers to the edit and rephrase prompts of ``requests`` (natural stop, no KV
+    cache) and their normalised exact match against the target, one dict per request."""
+    chat = bool(getattr(editor.hparams, "use_chat_template", False))
+    jobs = [(row, key, request[prompt_key]) for row, request in enumerate(requests)
+            for key, prompt_key in (("rel", "prompt"), ("gen", "rephrase_prompt")) if request.get(prompt_key)]
+    answers = wild_answers(editor.model, editor.tok, [prompt for _, _, prompt in jobs],
+                           [requests[row]["target_new"] for row, _, _ in jobs], chat)
+    out: list[dict[str, Any]] = [{} for _ in requests]
+    for (row, key, _), answer in zip(jobs, answers):
+        out[row][f"wild_{key}_answer"] = answer
+        out[row][f"wild_{key}"] = float(wild_exact_match(answer, requests[row]["target_new"]))
+    return out
+
+
+def _score_block(editor: Any, items: Sequence[tuple[dict[str, Any], int, dict[str, Any], list[list[int]]]],
+                 fmt: DatasetFormat, options: RunOptions, edited: set[str], generation: bool) -> list[dict[str, Any]]:
+    """Records of requests scored on the edited model, ``items`` being (request, index, unedited
+    scores, unedited near-miss answers): the host's scores against the unedited ones, with
+    ``generation`` the greedy and WILD-style answers (short targets), and near-miss locality over
+    the request's near-miss prompts that are not prompts of the stream (``edited``). Generation runs
+    batched over the block (:func:`wise_plugin.evaluation.greedy_ids_many`)."""
+    requests = [request for request, _, _, _ in items]
+    records = [_record(request, index, fmt, before, _score(editor, request, fmt.eval_metric, options.eval_target_tokens),
+                       options) for request, index, before, _ in items]
     if generation and fmt.name in GREEDY_FORMATS:
-        record["greedy"] = greedy_answer(editor.model, editor.tok, request["prompt"], options.greedy_tokens)
-        record["gen_rel"] = float(contains_target(record["greedy"], request["target_new"]))
-        record.update(_wild(editor, request))
-    prompts = request.get("near_miss", [])
-    before_of = dict(zip(prompts, near_before))
-    kept = counted(prompts, edited)
-    after = _near_miss_answers(editor, kept, options.near_miss_tokens) if kept else []
-    record.update(near_miss_fields(prompts, {prompt for prompt, a in zip(kept, after) if a != before_of[prompt]}, edited))
-    return record
+        greedy = greedy_answers(editor.model, editor.tok, [r["prompt"] for r in requests], options.greedy_tokens)
+        for record, request, answer, wild in zip(records, requests, greedy, _wild(editor, requests)):
+            record["greedy"] = answer
+            record["gen_rel"] = float(contains_target(answer, request["target_new"]))
+            record.update(wild)
+    kept = [counted(request.get("near_miss", []), edited) for request in requests]
+    after = _near_miss_of(editor, kept, options.near_miss_tokens)
+    for record, (request, _, _, near_before), prompts_kept, answers in zip(records, items, kept, after):
+        prompts = request.get("near_miss", [])
+        before_of = dict(zip(prompts, near_before))
+        changed = {prompt for prompt, answer in zip(prompts_kept, answers) if answer != before_of[prompt]}
+        record.update(near_miss_fields(prompts, changed, edited))
+    return records
+
+
+def _blocks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start:start + size] for start in range(0, len(items), max(size, 1))]
 
 
 def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFormat, options: RunOptions,
@@ -268,21 +292,29 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     rephrase prompts of the stream itself are left out); ``baseline`` keeps the
     unedited scores of each request for the other chunks that need them, and ``partial`` the
     progress of an interrupted chunk (scores before, records scored after). With ``generation`` and
-    short targets each record also gets the greedy and WILD-style answers. Returns the per-request records
-    (index ``first_index`` on), the edit seconds and the scoring seconds."""
+    short targets each record also gets the greedy and WILD-style answers. Requests are scored in
+    blocks of ``options.score_batch`` (their generations share batches; a record's
+    ``score_seconds`` is its share of its block's time). Returns the per-request records (index
+    ``first_index`` on), the edit seconds and the scoring seconds."""
     eval_start = time.perf_counter()
     if partial is not None and partial.before is not None:  # a resumed chunk: scored before its first edit
         before, near_before, before_seconds = partial.before, partial.near_before, partial.before_seconds
     else:
         before, near_before = [], []
         profile = scoring_profile(editor.hparams, editor.model_name)
-        for request in tqdm(requests, desc="scoring before edits", unit="request", disable=not progress, leave=False):
-            def take(request: dict[str, Any] = request) -> tuple[dict[str, Any], list[list[int]]]:
-                return (_score(editor, request, fmt.eval_metric, options.eval_target_tokens),
-                        _near_miss_answers(editor, request.get("near_miss", []), options.near_miss_tokens))
-            score, near = baseline.get(request, profile, take) if baseline is not None else take()
-            before.append(score)
-            near_before.append(near)
+
+        def take(block: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], list[list[int]]]]:
+            scores = [_score(editor, request, fmt.eval_metric, options.eval_target_tokens) for request in block]
+            return list(zip(scores, _near_miss_of(editor, [r.get("near_miss", []) for r in block],
+                                                  options.near_miss_tokens)))
+
+        with tqdm(total=len(requests), desc="scoring before edits", unit="request", disable=not progress,
+                  leave=False) as bar:
+            for block in _blocks(requests, options.score_batch):
+                for score, near in (baseline.get_many(block, profile, take) if baseline is not None else take(block)):
+                    before.append(score)
+                    near_before.append(near)
+                bar.update(len(block))
         before_seconds = time.perf_counter() - eval_start
         if partial is not None:
             partial.save_before(before, near_before, before_seconds)
@@ -290,21 +322,24 @@ def score_stream(editor: Any, requests: Sequence[dict[str, Any]], fmt: DatasetFo
     per_request = edit_seconds if len(edit_seconds) == len(requests) else [None] * len(requests)
     # a near-miss prompt that is itself a prompt of the stream is an edit, not a neighbour: it may change
     edited = stream_prompts(requests)
-    records = []
-    scored = tqdm(list(zip(requests, before, near_before)), desc="scoring after all edits", unit="request",
-                  disable=not progress, leave=False)
-    for offset, (request, pre, near_pre) in enumerate(scored):
-        index = first_index + offset
-        record = partial.scored_record(index) if partial is not None else None
-        if record is None:  # not scored by an interrupted run of this chunk
+    records: list[Optional[dict[str, Any]]] = [
+        partial.scored_record(first_index + offset) if partial is not None else None for offset in range(len(requests))]
+    pending = [offset for offset, record in enumerate(records) if record is None]  # not scored by an interrupted run
+    with tqdm(total=len(requests), initial=len(requests) - len(pending), desc="scoring after all edits",
+              unit="request", disable=not progress, leave=False) as bar:
+        for block in _blocks(pending, options.score_batch):
             start = time.perf_counter()
-            record = _score_after(editor, request, index, fmt, options, pre, near_pre, edited, generation)
-            record["score_seconds"] = time.perf_counter() - start
-            if per_request[offset] is not None:
-                record["edit_seconds"] = per_request[offset]
-            if partial is not None:
-                partial.keep_record(record)
-        records.append(record)
+            scored = _score_block(editor, [(requests[o], first_index + o, before[o], near_before[o]) for o in block],
+                                  fmt, options, edited, generation)
+            share = (time.perf_counter() - start) / len(block)
+            for offset, record in zip(block, scored):
+                record["score_seconds"] = share
+                if per_request[offset] is not None:
+                    record["edit_seconds"] = per_request[offset]
+                if partial is not None:
+                    partial.keep_record(record)
+                records[offset] = record
+            bar.update(len(block))
     after_seconds = sum(r.get("score_seconds", 0.0) for r in records)
     return records, float(sum(edit_seconds)), before_seconds + after_seconds
 
