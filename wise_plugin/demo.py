@@ -16,7 +16,7 @@ import torch
 
 import wise_plugin
 from wise_plugin.editor import load_editor
-from wise_plugin.evaluation import greedy_answer, lifelong_evaluate
+from wise_plugin.evaluation import greedy_answers, lifelong_evaluate
 
 DEFAULT_HPARAMS = "WISE/smollm2-135m"  # a shipped recipe, found by name from a checkout or a wheel
 
@@ -53,9 +53,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         (r["rephrase_prompt"], r["target_new"]) for r in requests] + [
         (r["locality"]["neighborhood"]["prompt"], r["locality"]["neighborhood"]["ground_truth"]) for r in requests
     ]
-    before = {p: greedy_answer(editor.model, editor.tok, p) for p, _ in probes}
+    prompts = [p for p, _ in probes]
+    before = dict(zip(prompts, greedy_answers(editor.model, editor.tok, prompts)))
     result = lifelong_evaluate(editor, requests)
-    after = {p: greedy_answer(editor.model, editor.tok, p) for p, _ in probes}
+    after = dict(zip(prompts, greedy_answers(editor.model, editor.tok, prompts)))
 
     print("\nWISE on SmolLM2-135M-Instruct through EasyEdit's BaseEditor: "
           f"{result['n']} edits, all scored after the last one")
