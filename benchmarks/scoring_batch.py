@@ -31,7 +31,7 @@ from wise_plugin.evaluation import GENERATION_BATCH
 from wise_plugin.runner.datasets import FORMATS, dataset_format, load_requests
 from wise_plugin.runner.editors import build_editor, load_specs
 from wise_plugin.runner.near_miss import stream_prompts
-from wise_plugin.runner.protocol import RunOptions, _edit, _near_miss_of, _score, _score_block, with_loc_prompts
+from wise_plugin.runner.protocol import RunOptions, _blocks, _edit, _near_miss_of, _score, _score_block, with_loc_prompts
 from wise_plugin.wise.caches import SetupCache
 
 logger = logging.getLogger("wise_plugin.benchmarks.scoring_batch")
@@ -41,8 +41,8 @@ def timed_blocks(editor: Any, items: list[tuple], fmt: Any, options: RunOptions,
                  size: int) -> tuple[list[dict[str, Any]], float]:
     """Records of ``items`` scored in blocks of ``size``, and the seconds it took."""
     start, records = time.perf_counter(), []
-    for offset in tqdm(range(0, len(items), size), desc=f"scoring, blocks of {size}", leave=False):
-        records += _score_block(editor, items[offset:offset + size], fmt, options, edited, generation=True)
+    for block in tqdm(_blocks(items, size), desc=f"scoring, blocks of {size}", leave=False):
+        records += _score_block(editor, block, fmt, options, edited, generation=True)
     return records, time.perf_counter() - start
 
 

@@ -17,6 +17,8 @@ import shlex
 import shutil
 from typing import Any, Sequence
 
+from wise_plugin.evaluation import GENERATION_BATCH
+
 DEFAULT_HPARAMS = ("WISE/smollm2-135m", "LEMoE/smollm2-135m", "FT/smollm2-135m")  # shipped recipes, by name
 DEFAULT_T = (1, 6)
 BUILTIN_N = 6  # with DEFAULT_T: 24 edits in all; WISE pays its per-model setup in each T=1 chunk
@@ -65,10 +67,10 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                          help="save WISE/LEMoE progress inside a chunk every K edits, so that rerunning the command "
                               "after an interruption continues the chunk (default: chunks start over)")
-    compare.add_argument("--score-batch", type=int, default=None, metavar="B",
+    compare.add_argument("--score-batch", type=int, default=GENERATION_BATCH, metavar="B",
                          help="requests scored together; their greedy and WILD generations run as left-padded "
-                              "batches, each row getting the tokens it gets alone (default: 16; 1 scores one "
-                              "request at a time)")
+                              f"batches, each row getting the tokens it gets alone (default: {GENERATION_BATCH}; 1 "
+                              "scores one request at a time)")
     compare.add_argument("--import-results", nargs="+", default=(), metavar="JSON",
                          help="results.json files of earlier runs (e.g. docs/results/*.json or a run on another "
                               "machine): their chunks whose editor config, model, data and scoring settings match "
@@ -103,10 +105,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     options = RunOptions(t_values=tuple(args.t_values), n=n, start=args.start, seed=args.seed,
                          eval_target_tokens=args.eval_target_tokens, progress=not args.no_progress,
                          loc_prompts=args.loc_prompts, checkpoint_every=args.checkpoint_every,
-                         **({} if args.score_batch is None else {"score_batch": args.score_batch}))
+                         score_batch=args.score_batch)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise RunnerInputError(f"--checkpoint-every {args.checkpoint_every}: give a number of edits >= 1.")
-    if args.score_batch is not None and args.score_batch < 1:
+    if args.score_batch < 1:
         raise RunnerInputError(f"--score-batch {args.score_batch}: give a number of requests >= 1.")
     select_sample(requests, options)  # bad T or --n stop here, before --fresh discards anything
     for path in args.import_results:  # as do unreadable --import-results files
