@@ -160,8 +160,8 @@ def greedy_ids_many(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens
 
     Prompts are answered ``batch_size`` at a time, left padded: a row's padding is masked out of
     attention and out of the plugin's routing, so each row gets the tokens it gets alone (the
-    runner's equality check is in docs/results.md), about eight times faster on a CPU, where one
-    row's decoding is bound by reading the weights."""
+    runner's equality check is in docs/results.md), and faster on a CPU, where one row's
+    decoding is bound by reading the weights."""
     stops = _stop_ids(model, tok)
     answers: list[list[int]] = [[] for _ in prompts]
     for batch in _batches(prompts, tok, batch_size):
