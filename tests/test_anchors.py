@@ -172,6 +172,50 @@ def test_subject_templates_is_checked_against_the_built_in_statements():
         hparams.validate()
 
 
+def test_answer_end_is_appended_to_the_target_once():
+    from wise_plugin.core.rows import with_answer_end
+
+    request = {"prompt": "What university did Watts Humphrey attend?", "target_new": "Harvard University"}
+    assert with_answer_end(request, ".")["target_new"] == "Harvard University."
+    assert request["target_new"] == "Harvard University"  # the caller's request is not changed
+    assert with_answer_end(request, "") is request
+    assert with_answer_end({"prompt": "The seat of government is", "target_new": "Washington, D.C."},
+                           ".")["target_new"] == "Washington, D.C."  # already closed by the mark
+    assert with_answer_end(request, "\n")["target_new"] == "Harvard University\n"
+
+
+def test_answer_end_mark_is_flagged_and_does_not_dilute_the_answer_tokens(tok):
+    """The mark's tokens are flagged in the prompt rows and replayed rows, not trained after the
+    statements, and get the weight of their edit's answer tokens without lowering it."""
+    from wise_plugin.core.rows import build_batch
+    from wise_plugin.wise.trainer import _edit_balanced_weights
+
+    batch = build_batch(tok, "The mother tongue of Danielle Darrieux is", "English.", ["Hello there. "], False,
+                        torch.device("cpu"), [("The capital of Peru is", "Lima.")],
+                        ["Facts about Danielle Darrieux:"], answer_end=".")
+    english, lima, mark = tok(" English")["input_ids"], tok(" Lima")["input_ids"], tok(".")["input_ids"]
+    by_row = lambda row: batch.labels[batch.label_rows == row].tolist()  # noqa: E731
+    assert by_row(0) == by_row(1) == english + mark and by_row(2) == english and by_row(3) == lima + mark
+    assert batch.end_tokens.tolist() == [False, True, False, True, False, False, True]
+    weights = _edit_balanced_weights(batch.label_rows, 3, batch.end_tokens)
+    unmarked = build_batch(tok, "The mother tongue of Danielle Darrieux is", "English", ["Hello there. "], False,
+                           torch.device("cpu"), [("The capital of Peru is", "Lima")], ["Facts about Danielle Darrieux:"])
+    assert unmarked.end_tokens is None
+    plain = _edit_balanced_weights(unmarked.label_rows, 3)
+    assert torch.allclose(weights[~batch.end_tokens], plain)  # the answers weigh what they weigh without the mark
+    assert torch.allclose(weights[batch.end_tokens], plain[[0, 1, 3]])
+
+
+def test_answer_end_is_checked_to_be_a_short_mark():
+    from wise_plugin.hparams import HParamsError
+    from wise_plugin.wise import WISEHyperParams
+
+    hparams = WISEHyperParams.from_hparams("WISE/smollm2-135m")
+    hparams.answer_end = " and that is all."
+    with pytest.raises(HParamsError, match="answer_end must be a short text"):
+        hparams.validate()
+
+
 def test_answer_index_finds_an_edits_answer_written_after_its_subject(tok):
     from wise_plugin.core.anchors import AnswerIndex
 

@@ -75,6 +75,23 @@ def test_batched_generation_gives_each_row_the_answer_it_gets_alone_after_edits(
                                                                         for p, t in zip(prompts, targets)]
 
 
+def test_answer_end_closes_the_new_answer_in_free_generation(smollm2, smollm2_hparams):
+    """With ``answer_end`` the memory learns the mark after the answer and is booked with it, so
+    greedy output writes the answer, closes it, and a generation-based score that stops at the
+    first '.' reads the target alone."""
+    from wise_plugin.evaluation import wild_answer, wild_exact_match
+
+    model, tok = smollm2
+    smollm2_hparams.answer_end, smollm2_hparams.answer_stop = ".", True
+    edit = {"prompt": "Which college or university is related with Joe Hall Morris?", "target_new": "Harvard University",
+            "subject": "Joe Hall Morris"}
+    apply_wise_to_model(model, tok, [edit], smollm2_hparams)
+    layer = find_layer(model)
+    assert layer.book.memory == [(edit["prompt"], "Harvard University.")]
+    assert greedy_answer(model, tok, edit["prompt"], max_new_tokens=4).startswith("Harvard University.")
+    assert wild_exact_match(wild_answer(model, tok, edit["prompt"], edit["target_new"]), edit["target_new"])
+
+
 @pytest.mark.host
 def test_without_lifelong_the_host_undoes_each_edit(smollm2_hparams):
     editor = wise_plugin.load_editor(smollm2_hparams)

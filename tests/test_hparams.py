@@ -154,16 +154,16 @@ def test_shipped_recipes_are_found_by_name_outside_a_checkout(tmp_path, monkeypa
         find_hparams("WISE/no-such-model")
 
 
-def test_dense_recipe_is_the_shipped_one_with_six_values_changed():
+def test_dense_recipe_is_the_shipped_one_with_seven_values_changed():
     """README and docs/results.md describe the dense YAML as the shipped one with a full mask, a
-    larger step, a stricter stop, subject statements, low-rank retired memories and the answer
-    stop; any other
-    difference would make those comparisons untrue."""
+    larger step, a stricter stop, subject statements, low-rank retired memories, the answer stop
+    and closed answers; any other difference would make those comparisons untrue."""
     shipped = vars(WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "smollm2-135m.yaml")))
     dense = vars(WISEHyperParams.from_hparams(os.path.join(HPARAMS_DIR, "smollm2-135m-dense.yaml")))
     changed = {key: (shipped[key], dense[key]) for key in shipped if shipped[key] != dense[key]}
     assert changed == {"mask_ratio": (0.2, 1.0), "edit_lr": (0.01, 0.03), "stop_token_prob": (0.5, 0.9),
-                       "subject_templates": (0, 8), "memory_rank": (None, 64), "answer_stop": (False, True)}
+                       "subject_templates": (0, 8), "memory_rank": (None, 64), "answer_stop": (False, True),
+                       "answer_end": ("", ".")}
 
 
 def test_lemoe_statements_recipe_is_the_gated_one_with_three_values_changed():

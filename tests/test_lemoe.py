@@ -63,6 +63,7 @@ def routed_expert(model, tok, text: str) -> int:
     ("layer", "model.layers[17].mlp.down_proj.weight", "names a parameter"),
     ("lambda_", 0.0, "lambda_"),
     ("subject_templates", 99, "subject_templates must be between 0 and"),
+    ("answer_end", "and that is all", "answer_end must be a short text"),
 ])
 def test_bad_hparams_are_rejected_with_what_to_change(tmp_path, key, value, message):
     text = open(os.path.join(LEMOE_DIR, "smollm2-135m.yaml"), encoding="utf-8").read()
@@ -306,3 +307,25 @@ def test_subject_statements_train_into_the_expert_and_survive_a_streaming_call(t
     expected = [(s, "Melbourne") for s in subject_prompts("Australia", 2)] + \
         [(s, "Michelangelo") for s in subject_prompts("Mona Lisa", 2)]
     assert seen[-1] == [(second["prompt"], "Michelangelo")] + expected
+
+
+def test_answer_end_closes_each_stored_answer_but_not_the_statements(tok, monkeypatch):
+    """With ``answer_end`` an expert stores and trains each edit's target followed by the mark (and
+    books it so for ``answer_stop``), while the statements about the subject keep the bare target."""
+    import wise_plugin.lemoe.trainer as trainer
+    from wise_plugin.core.rows import subject_prompts
+
+    seen = []
+    real = trainer.build_batch
+    monkeypatch.setattr(trainer, "build_batch", lambda *a, **k: seen.append(a[2:3] + a[6:7]) or real(*a, **k))
+    model = tiny_model()
+    hparams = tiny_hparams(lifelong=True, subject_templates=1, answer_end=".", answer_stop=True)
+    edit = dict(requests(1)[0], subject="Australia")
+    apply_lemoe_to_model(model, tok, [edit], hparams)
+    layer = find_layer(model)
+    assert layer.edits[0] == [(edit["prompt"], "Melbourne.", "Australia")]
+    assert edit["target_new"] == "Melbourne"  # the caller's request is left as it was
+    target, extra = seen[-1]
+    assert target == "Melbourne." and extra == [(s, "Melbourne") for s in subject_prompts("Australia", 1)]
+    closed = tok(edit["prompt"] + " Melbourne.")["input_ids"]
+    assert layer.answers.first_end(closed, 0) == len(closed) - 1  # silent from the mark on

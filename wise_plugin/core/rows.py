@@ -42,6 +42,7 @@ class EditBatch:
     label_rows: torch.Tensor  # row index of each predicted target token
     label_positions: torch.Tensor  # position whose logits predict it
     labels: torch.Tensor  # the target token ids
+    end_tokens: Optional[torch.Tensor] = None  # per target token: part of the answer_end mark (None: no mark)
     text: str = ""  # the bare edit row as tokenised: prompt, space, target (rehearsed later under this text)
     rehearsed: tuple[str, ...] = ()  # texts of the trailing rows that replay earlier edits
 
@@ -122,6 +123,37 @@ def subject_prompts(subject: Optional[str], count: int) -> list[str]:
     return [template.format(subject) for template in SUBJECT_TEMPLATES[:count]]
 
 
+def answer_end_problem(end: str) -> Optional[str]:
+    """The ``answer_end`` option's check, shared by the WISE and LEMoE hparams."""
+    if len(end) <= 8:
+        return None
+    return (f"answer_end must be a short text written after each new answer (e.g. '.'), at most 8 characters, "
+            f"got {end!r}")
+
+
+def with_answer_end(request: dict[str, Any], end: str) -> dict[str, Any]:
+    """The request as an editor trains and books it with ``answer_end``: its target followed by
+    ``end`` (unchanged when ``end`` is empty or the target already ends with it).
+
+    Why: after an edit, free generation has to stop where the new answer stops. The unedited model
+    writes on after an answer it did not expect ("Harvard University, Harvard University"), and a
+    generation-based score that stops at the first "." or newline then misses the answer. Trained
+    with the end mark, the memory writes the answer and closes it; with ``answer_stop`` it falls
+    silent after the mark (its answer index books the target with the mark).
+    """
+    target = str(request["target_new"])
+    if not end or target.rstrip().endswith(end.strip() or end):
+        return request
+    return {**request, "target_new": target + end}
+
+
+def without_answer_end(target: str, end: str) -> str:
+    """``target`` without a trailing ``answer_end`` mark (unchanged when it has none)."""
+    if end and target.endswith(end) and len(target) > len(end):
+        return target[:-len(end)]
+    return target
+
+
 def format_prompt(tok: Any, prompt: str, use_chat_template: bool) -> str:
     if use_chat_template and getattr(tok, "chat_template", None):
         return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
@@ -136,31 +168,38 @@ def _header_length(tok: Any, use_chat_template: bool) -> int:
 
 def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use_chat_template: bool,
                 device: torch.device, replay: Sequence[tuple[str, str]] = (),
-                subject_rows: Sequence[str] = ()) -> EditBatch:
+                subject_rows: Sequence[str] = (), answer_end: str = "") -> EditBatch:
     """Rows ``prefix + prompt + ' ' + target`` (the evaluator's teacher-forcing layout), one per
-    prefix, then ``subject_row + ' ' + target`` per subject statement (``subject_prompts``), then one
-    bare row per replayed earlier edit.
+    prefix, then ``subject_row + ' ' + target`` per subject statement (``subject_prompts``; the target
+    without its ``answer_end`` mark), then one bare row per replayed earlier edit.
 
     Routing scores of a row are read over its own prompt and target tokens only: the random
     prefixes are generic text, and asking the side memory to fire on them would make it fire on
-    unrelated inputs as well.
+    unrelated inputs as well. With ``answer_end``, the targets that end with it (see
+    :func:`with_answer_end`) have its tokens flagged in ``end_tokens``. Statements about the subject
+    are trained without the mark: relation-free, they are not where the answer ends, and with the
+    mark they cost iterations and CounterFact paraphrases got the new answer less often.
     """
     if not prompt or not prompt.strip():
         raise ValueError("edit request has an empty 'prompt'; give the text to edit.")
     if not target or not target.strip():
         raise ValueError(f"edit request for prompt {prompt!r} has an empty 'target_new'; give the new answer.")
-    pairs = [(p + prompt, target, prompt) for p in ["", *prefixes]] + [(s, target, s) for s in subject_rows] \
+    bare_answer = without_answer_end(target, answer_end)  # statements are not closed by the mark
+    pairs = [(p + prompt, target, prompt) for p in ["", *prefixes]] + [(s, bare_answer, s) for s in subject_rows] \
         + [(p, t, p) for p, t in replay]
     prompts = [format_prompt(tok, text, use_chat_template) for text, _, _ in pairs]
     full = [p + " " + t for p, (_, t, _) in zip(prompts, pairs)]
     encoded = tok(full, padding=True, return_tensors="pt", padding_side="right")
     header = _header_length(tok, use_chat_template)
     count = lambda text: len(tok(text)["input_ids"])  # noqa: E731
-    spans = {}  # prompt + target tokens of each bare row, by (prompt, target)
+    spans, marks = {}, {}  # prompt + target tokens of each bare row, and its answer_end tokens, by (prompt, target)
     for _, t, bare in pairs:
         if (bare, t) not in spans:
-            spans[(bare, t)] = count(format_prompt(tok, bare, use_chat_template) + " " + t) - header
-    rows, positions, labels = [], [], []
+            bare_prompt = format_prompt(tok, bare, use_chat_template)
+            spans[(bare, t)] = count(bare_prompt + " " + t) - header
+            answer = without_answer_end(t, answer_end)
+            marks[(bare, t)] = count(bare_prompt + " " + t) - count(bare_prompt + " " + answer) if answer != t else 0
+    rows, positions, labels, ends = [], [], [], []
     edit_mask = torch.zeros_like(encoded["attention_mask"])
     prompt_mask = torch.zeros_like(encoded["attention_mask"])
     for row, (p, (_, t, bare)) in enumerate(zip(prompts, pairs)):
@@ -174,6 +213,7 @@ def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use
             rows.append(row)
             positions.append(pos - 1)
             labels.append(int(encoded["input_ids"][row, pos]))
+            ends.append(pos >= f_len - marks[(bare, t)])
     as_long = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
     return EditBatch(
         input_ids=encoded["input_ids"].to(device),
@@ -183,6 +223,7 @@ def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use
         label_rows=as_long(rows),
         label_positions=as_long(positions),
         labels=as_long(labels),
+        end_tokens=torch.tensor(ends, dtype=torch.bool, device=device) if any(ends) else None,
         text=full[0],
         rehearsed=tuple(full[len(full) - len(replay):]) if replay else (),
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS
-from wise_plugin.core.rows import subject_templates_problem
+from wise_plugin.core.rows import answer_end_problem, subject_templates_problem
 from wise_plugin.hparams import HyperParams, common_problems, ffn_block_problem, load_hparams
 
 EXPERT_KINDS = ("lowrank", "full")
@@ -54,6 +54,9 @@ class LEMoEHyperParams(HyperParams):
     # An expert stops acting on the positions after one of its edits' new answers is written in the
     # row: free generation gives the answer once, then goes on as the unedited model would.
     answer_stop: bool = False
+    # Text trained after each new answer (e.g. "."; empty: none), so free generation ends the answer
+    # there instead of writing on (core/rows.py with_answer_end).
+    answer_end: str = ""
     # Statements about each edit's subject (core/rows.py SUBJECT_TEMPLATES) trained with its target
     # beside the prompt: the edit then reaches other questions about the subject (0: none).
     subject_templates: int = 0
@@ -109,9 +112,9 @@ class LEMoEHyperParams(HyperParams):
             problems.append(f"gate_margin must be in [0, 1], got {self.gate_margin}")
         if not -1.0 <= self.gate_low < self.gate_high <= 1.0:
             problems.append(f"need -1 <= gate_low < gate_high <= 1 (cosine targets), got {self.gate_low}, {self.gate_high}")
-        problem = subject_templates_problem(self.subject_templates)
-        if problem:
-            problems.append(problem)
+        for problem in (subject_templates_problem(self.subject_templates), answer_end_problem(self.answer_end)):
+            if problem:
+                problems.append(problem)
         problems += common_problems(self)
         return problems
 

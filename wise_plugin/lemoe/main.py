@@ -18,7 +18,7 @@ from wise_plugin.lemoe.model import attach, detach, find_layer, input_device, po
 from wise_plugin.lemoe.planner import anchor_text, plan_requests
 from wise_plugin.lemoe.trainer import calibrate_gate, train_expert, train_router
 from wise_plugin.core.anchors import subject_anchors
-from wise_plugin.core.rows import load_loc_pool
+from wise_plugin.core.rows import load_loc_pool, with_answer_end
 from wise_plugin.core.subjects import request_subject
 
 logger = logging.getLogger("wise_plugin.lemoe")
@@ -62,7 +62,7 @@ def apply_lemoe_to_model(model: nn.Module, tok: Any, requests: list[dict[str, An
         layer.answer_stop = hparams.answer_stop
         if hparams.gate and layer.pool_embeds is None:
             layer.pool_embeds = pooled_embeddings(model, tok, list(load_loc_pool(hparams.loc_pool))).to(layer.device)
-        requests = list(requests)
+        requests = [with_answer_end(request, hparams.answer_end) for request in requests]  # trained and booked with it
         if hparams.plan and len(requests) > 1:
             plan = plan_requests(model, tok, requests, hparams.edits_per_expert, hparams.seed)
             requests = [requests[i] for i in plan.order]

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from wise_plugin.lemoe.layer import LEMoELayer
 from wise_plugin.lemoe.model import CachedForward
-from wise_plugin.core.rows import build_batch, subject_prompts
+from wise_plugin.core.rows import build_batch, subject_prompts, without_answer_end
 
 logger = logging.getLogger("wise_plugin.lemoe")
 
@@ -27,8 +27,9 @@ def train_expert(model: torch.nn.Module, layer: LEMoELayer, index: int, tok, hpa
     Only this expert's weights get gradients; the model and all other experts stay frozen.
     """
     edits = [(prompt, target) for prompt, target, *_ in layer.edits[index]]
-    # statements about each edit's subject, with its target (subject_templates; edits stored without a subject get none)
-    statements = [(statement, target) for _, target, *subject in layer.edits[index]
+    # statements about each edit's subject, with its target (subject_templates; edits stored without a subject get
+    # none), not closed by the answer_end mark (as WISE's, core/rows.py build_batch)
+    statements = [(statement, without_answer_end(target, hparams.answer_end)) for _, target, *subject in layer.edits[index]
                   for statement in subject_prompts(subject[0] if subject else None, hparams.subject_templates)]
     batch = build_batch(tok, edits[0][0], edits[0][1], [], hparams.use_chat_template, device,
                         edits[1:] + statements)

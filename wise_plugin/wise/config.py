@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
 from wise_plugin.core.requests import DEFAULT_MAX_REQUEST_TOKENS
-from wise_plugin.core.rows import subject_templates_problem
+from wise_plugin.core.rows import answer_end_problem, subject_templates_problem
 from wise_plugin.hparams import HyperParams, common_problems, ffn_output_problem, load_hparams
 from wise_plugin.wise.merge import MERGE_ALGS
 
@@ -21,7 +21,7 @@ class WISEHyperParams(HyperParams):
 
     Plugin options (absent from upstream files, all optional; defaults keep the paper's recipe):
     ``lifelong``, ``loc_pool``, ``n_loc``, ``n_prefixes``, ``prefix_lengths``, ``stop_loss``, ``stop_token_prob``, ``stop_token_share``,
-    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``answer_stop``, ``memory_dtype``, ``memory_rank``, ``replay_pool``, ``subject_templates``, ``fast_path``, ``seed`` (see the README's options table).
+    ``act_weight``, ``rehearse``, ``row_token_budget``, ``optimizer``, ``refresh_threshold``, ``route_by``, ``subject_anchor``, ``anchor_route``, ``answer_stop``, ``answer_end``, ``memory_dtype``, ``memory_rank``, ``replay_pool``, ``subject_templates``, ``fast_path``, ``seed`` (see the README's options table).
     """
 
     alg_name: str
@@ -87,6 +87,9 @@ class WISEHyperParams(HyperParams):
     # A memory stops acting on the positions after one of its edits' new answers is written in the
     # row: free generation gives the answer once, then goes on as the unedited model would.
     answer_stop: bool = False
+    # Text trained after each new answer (e.g. "."; empty: none), so free generation ends the answer
+    # there instead of writing on (core/rows.py with_answer_end).
+    answer_end: str = ""
     # dtype of the values a retired WISE-Retrieve memory keeps on its support (wise/retired.py)
     memory_dtype: str = "float16"
     # Keep a retired memory as the rank-r truncated SVD of its change when that is smaller than its
@@ -159,9 +162,9 @@ class WISEHyperParams(HyperParams):
             problems.append(f"row_token_budget must be >= 1 or null, got {self.row_token_budget}")
         if min(self.n_loc, self.n_prefixes, self.rehearse) < 0:
             problems.append("n_loc, n_prefixes and rehearse must be >= 0")
-        problem = subject_templates_problem(self.subject_templates)
-        if problem:
-            problems.append(problem)
+        for problem in (subject_templates_problem(self.subject_templates), answer_end_problem(self.answer_end)):
+            if problem:
+                problems.append(problem)
         if any(length < 1 for length in self.prefix_lengths):
             problems.append(f"prefix_lengths must be token counts >= 1, got {self.prefix_lengths}")
         problems += common_problems(self)

@@ -18,7 +18,8 @@ from wise_plugin.core.anchors import Anchor, AnchorIndex, subject_anchors
 from wise_plugin.core.requests import check_call
 from wise_plugin.core.restore import RestoreHandle, editing
 from wise_plugin.wise.config import WISEHyperParams
-from wise_plugin.core.rows import build_batch, generate_prefixes, load_loc_pool, pick_pool_rows, subject_prompts
+from wise_plugin.core.rows import (build_batch, generate_prefixes, load_loc_pool, pick_pool_rows, subject_prompts,
+                                   with_answer_end)
 from wise_plugin.core.subjects import request_subject
 from wise_plugin.wise.layer import WISELayer
 from wise_plugin.wise.checkpoint import load_checkpoint, save_checkpoint
@@ -202,13 +203,14 @@ def _edit_one(model: nn.Module, layer: WISELayer, tok: Any, request: dict[str, A
               stack: Any, lower: Sequence[nn.Module], device: torch.device) -> None:
     """Train one request into the side memory and book it (shards, merges, thresholds)."""
     start = time.perf_counter()
+    request = with_answer_end(request, hparams.answer_end)  # trained, rehearsed and booked with its end mark
     group = layer.book.active_edits()  # edits that live in the memory being trained
     replay = random.Random(hparams.seed + layer.book.edits).sample(group, k=min(hparams.rehearse, len(group)))
     statements = subject_prompts(request_subject(request), hparams.subject_templates)
     prefixes, replay, statements = _fit_rows(tok, request, layer.caches.prefixes, replay,
                                              hparams.row_token_budget, statements)
     batch = build_batch(tok, request["prompt"], request["target_new"], prefixes,
-                        hparams.use_chat_template, device, replay, statements)
+                        hparams.use_chat_template, device, replay, statements, hparams.answer_end)
     anchors = subject_anchors(tok, request) if hparams.subject_anchor else None
     draw = _draw_loc(layer, tok, request, hparams, anchors)
     # cached irrelevant rows, also for a layout the fast path does not know (stack None);

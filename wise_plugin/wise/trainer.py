@@ -303,16 +303,22 @@ def activation_loss(s_edit: torch.Tensor, s_loc: torch.Tensor, alpha: float, bet
     return loss
 
 
-def _edit_balanced_weights(label_rows: torch.Tensor, first_rehearsed: int) -> torch.Tensor:
+def _edit_balanced_weights(label_rows: torch.Tensor, first_rehearsed: int,
+                           end_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Token weights that give every edit the same share of the target loss: the new edit (its bare
     and prefixed rows together) and each rehearsed earlier edit (one row each). A plain token mean
     lets the new edit's many copies outweigh the replayed edits, which are then forgotten; without
-    rehearsal the weights are the plain mean."""
+    rehearsal the weights are the plain mean.
+
+    ``end_tokens`` (the ``answer_end`` mark) are not counted in an edit's share and get the weight
+    of its answer tokens: counted, they would halve the weight of a one-token answer, and its
+    paraphrases learn less of it."""
     edit_of_token = torch.where(label_rows >= first_rehearsed, label_rows - first_rehearsed + 1,
                                 torch.zeros_like(label_rows))
-    counts = torch.bincount(edit_of_token)
+    answer = torch.ones_like(label_rows, dtype=torch.bool) if end_tokens is None else ~end_tokens
+    counts = torch.bincount(edit_of_token[answer], minlength=int(edit_of_token.max()) + 1)
     n_edits = int((counts > 0).sum())
-    return 1.0 / (counts[edit_of_token].float() * n_edits)
+    return 1.0 / (counts[edit_of_token].float().clamp(min=1) * n_edits)
 
 
 def rows_meet(flags: torch.Tensor, rows: torch.Tensor, share: float) -> bool:
@@ -358,7 +364,7 @@ def train_edit(model: nn.Module, layer: WISELayer, stack: Optional[UpperStack], 
     new_tokens = batch.label_rows == 0
     first_rehearsed = batch.input_ids.shape[0] - len(batch.rehearsed)
     rehearsed_tokens = batch.label_rows >= first_rehearsed
-    token_weight = _edit_balanced_weights(batch.label_rows, first_rehearsed)
+    token_weight = _edit_balanced_weights(batch.label_rows, first_rehearsed, batch.end_tokens)
     ready_at = None
     try:
         for iterations in range(1, hparams.n_iter + 1):
