@@ -11,7 +11,7 @@ import logging
 
 from wise_plugin.host import enable_host
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 logger = logging.getLogger("wise_plugin")
 logger.addHandler(logging.NullHandler())
