@@ -196,9 +196,10 @@ def build_batch(tok: Any, prompt: str, target: str, prefixes: Sequence[str], use
     for _, t, bare in pairs:
         if (bare, t) not in spans:
             bare_prompt = format_prompt(tok, bare, use_chat_template)
-            spans[(bare, t)] = count(bare_prompt + " " + t) - header
+            whole = count(bare_prompt + " " + t)
+            spans[(bare, t)] = whole - header
             answer = without_answer_end(t, answer_end)
-            marks[(bare, t)] = count(bare_prompt + " " + t) - count(bare_prompt + " " + answer) if answer != t else 0
+            marks[(bare, t)] = whole - count(bare_prompt + " " + answer) if answer != t else 0
     rows, positions, labels, ends = [], [], [], []
     edit_mask = torch.zeros_like(encoded["attention_mask"])
     prompt_mask = torch.zeros_like(encoded["attention_mask"])
