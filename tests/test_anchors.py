@@ -182,6 +182,28 @@ def test_answer_end_is_appended_to_the_target_once():
     assert with_answer_end({"prompt": "The seat of government is", "target_new": "Washington, D.C."},
                            ".")["target_new"] == "Washington, D.C."  # already closed by the mark
     assert with_answer_end(request, "\n")["target_new"] == "Harvard University\n"
+    assert with_answer_end({"prompt": "p", "target_new": "Harvard University. "}, ".")["target_new"] \
+        == "Harvard University. "  # trailing spaces do not hide the mark
+    assert with_answer_end({"prompt": "p", "target_new": "."}, ".")["target_new"] == ".."  # the mark alone is no answer
+
+
+@pytest.mark.parametrize("target, end, booked, bare", [
+    ("Harvard University", ".", "Harvard University.", "Harvard University"),
+    ("Washington, D.C.", ".", "Washington, D.C.", "Washington, D.C"),  # its own "." is taken as the mark
+    ("Lima. ", ".", "Lima. ", "Lima"),
+    ("Harvard University", " .", "Harvard University .", "Harvard University"),
+    ("Harvard University", "\n", "Harvard University\n", "Harvard University"),
+    ("Paris\n", "\n", "Paris\n", "Paris"),
+    (".", ".", "..", "."),
+])
+def test_answer_end_is_taken_off_where_it_was_put_on(target, end, booked, bare):
+    """What the editor books (``with_answer_end``) and what its statements train on
+    (``without_answer_end``) follow one rule of "closed by the mark"."""
+    from wise_plugin.core.rows import with_answer_end, without_answer_end
+
+    assert with_answer_end({"prompt": "p", "target_new": target}, end)["target_new"] == booked
+    assert without_answer_end(booked, end) == bare
+    assert without_answer_end(booked, "") == booked
 
 
 def test_answer_end_mark_is_flagged_and_does_not_dilute_the_answer_tokens(tok):

@@ -142,16 +142,33 @@ def with_answer_end(request: dict[str, Any], end: str) -> dict[str, Any]:
     silent after the mark (its answer index books the target with the mark).
     """
     target = str(request["target_new"])
-    if not end or target.rstrip().endswith(end.strip() or end):
+    if not end or _answer_end_at(target, end) is not None:
         return request
     return {**request, "target_new": target + end}
 
 
 def without_answer_end(target: str, end: str) -> str:
-    """``target`` without a trailing ``answer_end`` mark (unchanged when it has none)."""
-    if end and target.endswith(end) and len(target) > len(end):
-        return target[:-len(end)]
-    return target
+    """``target`` without a trailing ``answer_end`` mark (unchanged when it has none).
+
+    It uses the rule :func:`with_answer_end` uses to decide that a target is already closed, so a
+    target the editor left as it was (e.g. one given with the mark) loses exactly the mark here
+    (and the spaces before it).
+    """
+    cut = _answer_end_at(target, end) if end else None
+    return target if cut is None else target[:cut].rstrip()
+
+
+def _answer_end_at(target: str, end: str) -> Optional[int]:
+    """Where ``target``'s closing ``end`` mark starts, or None when the target is not closed by it.
+
+    The one rule for "ends with the mark": trailing whitespace of the target and around the mark
+    does not count, and a target that is nothing but the mark is not closed (it has no answer).
+    """
+    mark = end.strip() or end
+    body = target.rstrip() if end.strip() else target
+    if not body.endswith(mark) or not body[:len(body) - len(mark)].strip():
+        return None
+    return len(body) - len(mark)
 
 
 def format_prompt(tok: Any, prompt: str, use_chat_template: bool) -> str:
