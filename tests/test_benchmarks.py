@@ -43,3 +43,25 @@ def test_repeats_counts_whole_word_mentions_of_the_new_answer():
     records = [{"editor": "WISE", "T": 10, "target_new": "Paris", "greedy": g}
                for g in ("Paris, France", "Paris Paris", "London", None)]
     assert repeats.summarize(records) == [{"editor": "WISE", "T": 10, "records": 3, "contains": 2 / 3, "repeats": 1 / 3}]
+
+
+def test_subject_collisions_splits_edits_whose_answer_names_another_edited_subject():
+    collisions = _load("subject_collisions")
+    loc = lambda prompt, answer: {"neighborhood": {"prompt": prompt, "ground_truth": answer}}  # noqa: E731
+    requests = [
+        {"prompt": "Kenya African National Union is located in", "target_new": "Venezuela",
+         "subject": "Kenya African National Union", "locality": loc("The capital of Venezuela is", "Caracas")},
+        {"prompt": "Venezuela's official language is", "target_new": "French", "subject": "Venezuela",
+         "locality": loc("Paris is in", "France")},
+        {"prompt": "Paris is the capital of", "target_new": "Venezuelan Republic", "subject": "Paris",
+         "locality": loc("Tokyo is in", "Japan")},
+    ]
+    records = [{"editor": "WISE", "T": 3, "index": i, "target_new": r["target_new"], "rel": rel, "gen_rel": greedy,
+                "loc": loc_score} for i, (r, rel, greedy, loc_score) in
+               enumerate(zip(requests, (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (0.5, 0.9, 0.5)))]
+    (row,) = collisions.summarize(records, requests)
+    # only record 0's answer names another edit's subject ("Venezuelan" is not the whole word)
+    assert (row["colliding"], row["rel_colliding"], row["greedy_colliding"], row["rel_other"]) == (1, 0.0, 1.0, 1.0)
+    assert (row["misses"], row["misses_colliding"]) == (1, 1)
+    # three locality prompts changed; 0 and 1 name another edited subject, 2 ("Tokyo ... Japan") none
+    assert (row["loc_changed"], row["loc_changed_named"]) == (3, 2)
