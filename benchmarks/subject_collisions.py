@@ -58,10 +58,10 @@ def summarize(records: Sequence[dict[str, Any]], requests: Sequence[dict[str, An
             request = requests[record["index"]]
             own = (request.get("subject") or "").strip()
             (colliding if names_other(str(record["target_new"]), own) else other).append(record)
-            loc = request.get("locality", {}) or {}
-            loc_text = " ".join(str(v) for part in loc.values() for v in (part.get("prompt"), part.get("ground_truth"))
-                                if isinstance(part, dict))
-            if record.get("loc") is not None and record["loc"] < 1:
+            if record.get("loc") is not None and record["loc"] < 1:  # only changed locality prompts are read
+                loc = request.get("locality", {}) or {}
+                loc_text = " ".join(str(v) for part in loc.values() if isinstance(part, dict)
+                                    for v in (part.get("prompt"), part.get("ground_truth")))
                 loc_changed += 1
                 loc_named += names_other(loc_text, own)
         mean = lambda rs, key: statistics.mean(r[key] for r in rs) if rs else float("nan")  # noqa: E731
