@@ -22,6 +22,7 @@ from wise_plugin.runner import cli as compare_cli
 from wise_plugin.runner.datasets import dataset_format
 from wise_plugin.evaluation import contains_target
 from wise_plugin.runner.protocol import RunOptions, select_sample
+from wise_plugin.runner.report import detail_table, plot_panels
 from wise_plugin.runner.store import RESULTS_FILE
 
 pytestmark = pytest.mark.host  # everything here goes through the host's BaseEditor and metrics
@@ -163,6 +164,8 @@ def test_bad_input_stops_the_cli_before_any_edit(tmp_path, capsys, monkeypatch):
     assert not (out / RESULTS_FILE).exists()
     assert cli.main(["compare", "--checkpoint-every", "0", "--out", str(out)]) == 2
     assert "--checkpoint-every 0: give a number of edits >= 1" in capsys.readouterr().err
+    assert cli.main(["compare", "--stored-only", "--fresh", "--out", str(out)]) == 2
+    assert "--fresh discards the stored chunks that --stored-only reports" in capsys.readouterr().err
 
 
 def test_options_alone_run_compare_even_when_a_value_names_a_subcommand(tmp_path, capsys, monkeypatch):
@@ -235,6 +238,10 @@ def test_report_files(full_run, tmp_path):
     assert len(saved["records"]) == 8 and saved["summary"] == result["summary"]
     with open(paths["metrics.png"], "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    # a panel per score and per cost with a value: chunks of 1-2 edits are not timed for overhead
+    panels = plot_panels(result)
+    assert {"rel", "gen", "loc", "gen_rel", "near", "edit_s_per_edit", "memory_share"} <= set(panels)
+    assert "overhead" not in panels
 
 
 def test_resume_after_interruption_gives_the_same_table(full_run, tiny_yamls, smollm2_path, tmp_path):
@@ -245,6 +252,18 @@ def test_resume_after_interruption_gives_the_same_table(full_run, tiny_yamls, sm
         run_comparison(*args, model_factory=TinyModels(smollm2_path, interrupt_at=4))
     with open(os.path.join(out, RESULTS_FILE), encoding="utf-8") as handle:
         assert len(handle.readlines()) == 3  # one JSON line per finished chunk
+
+    # a stored-only report runs nothing and says what is missing: WISE is done, FT-L not begun
+    idle = TinyModels(smollm2_path)
+    progress = run_comparison(*args, model_factory=idle, stored_only=True)
+    assert idle.calls == 0 and len(progress["chunks"]) == 3
+    assert [(r["editor"], r["T"], r["chunks"], r["planned_chunks"]) for r in progress["summary"]] == [
+        ("WISE", 1, 2, 2), ("WISE", 2, 1, 1), ("FT", 1, 0, 2), ("FT", 2, 0, 1)]
+    assert paper_table(progress).splitlines()[2] == paper_table(reference).splitlines()[2]  # WISE's row
+    assert "| FT | -/-/-/- (0 of 2 chunks) | -/-/-/- (0 of 1 chunks) |" in paper_table(progress)
+    assert "| FT | 1 | 0 of 2 | 0 |" in detail_table(progress)
+    with open(write_reports(progress, str(tmp_path / "progress"))["metrics.png"], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
     resumed_models = TinyModels(smollm2_path)
     resumed = run_comparison(*args, model_factory=resumed_models)

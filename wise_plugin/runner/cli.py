@@ -75,6 +75,9 @@ def add_arguments(compare: argparse.ArgumentParser) -> None:
                          help="results.json files of earlier runs (e.g. docs/results/*.json or a run on another "
                               "machine): their chunks whose editor config, model, data and scoring settings match "
                               "this run's are taken instead of run again")
+    compare.add_argument("--stored-only", action="store_true",
+                         help="run no chunk: write the reports from the chunks already stored in --out or imported, "
+                              "each editor and T marked with its chunks done (the progress of a long sweep)")
     compare.add_argument("--fresh", action="store_true", help="discard stored chunks and unedited-model scores in --out instead of resuming")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -113,6 +116,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     select_sample(requests, options)  # bad T or --n stop here, before --fresh discards anything
     for path in args.import_results:  # as do unreadable --import-results files
         chunk_lines_of(path)
+    if args.fresh and args.stored_only:
+        raise RunnerInputError("--fresh discards the stored chunks that --stored-only reports; give one of them.")
     stored = os.path.join(args.out, RESULTS_FILE)
     if args.fresh and os.path.exists(stored):
         os.remove(stored)
@@ -120,7 +125,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         shutil.rmtree(os.path.join(args.out, PARTIAL_DIR), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(args.out, BASELINE_FILE))
-    result = run_comparison(specs, requests, fmt, options, args.out, imports=args.import_results)
+    result = run_comparison(specs, requests, fmt, options, args.out, imports=args.import_results,
+                            stored_only=args.stored_only)
     meta = {"command": "wise-plugin " + shlex.join(argv), "data": ", ".join(args.data) if args.data else "built-in compare_edits.json",
             "model": specs[0].model_name, "machine": _machine()}
     paths = write_reports(result, args.out, meta)

@@ -434,8 +434,8 @@ def summarize(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
         row[metric] = float(np.mean(per_chunk)) if per_chunk else None
     parts = [row["rel"], row["gen"] if row["gen"] is not None else row["ood"], row["loc"]]
     row["avg"] = float(np.mean(parts)) if all(p is not None for p in parts) else None
-    row["edit_s_per_edit"] = sum(line["edit_seconds"] for line in lines) / max(row["edits"], 1)
-    row["eval_s_per_edit"] = sum(line["eval_seconds"] for line in lines) / max(row["edits"], 1)
+    row["edit_s_per_edit"] = sum(line["edit_seconds"] for line in lines) / row["edits"] if row["edits"] else None
+    row["eval_s_per_edit"] = sum(line["eval_seconds"] for line in lines) / row["edits"] if row["edits"] else None
     for cost in ("memory_mb", "cache_mb", "memory_share", "overhead"):  # at the end of each chunk
         values = [line[cost] for line in lines if line.get(cost) is not None]
         row[cost] = float(np.mean(values)) if values else None
@@ -459,13 +459,15 @@ def _upgrade_stored(store: ResultStore, key: str, legacy: str, requests: Sequenc
 def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any]], fmt: DatasetFormat,
                    options: RunOptions, out_dir: str,
                    model_factory: Optional[ModelFactory] = None,
-                   imports: Sequence[str] = ()) -> dict[str, Any]:
+                   imports: Sequence[str] = (), stored_only: bool = False) -> dict[str, Any]:
     """Run (or resume) every chunk of every editor and T; returns summary rows and all chunk lines.
 
     Inputs are checked before the first edit. Chunks found in the ``results.json`` files of
     ``imports`` under the key this run gives them are taken from there instead of run. The result
-    holds, per editor and T, the chunk means (``summary``), and the stored chunk lines in run order
-    (``chunks``).
+    holds, per editor and T, the chunk means (``summary``, with ``planned_chunks`` beside
+    ``chunks``), and the stored chunk lines in run order (``chunks``). With ``stored_only`` no chunk
+    is run: the result is what is stored so far (a sweep spread over many sittings reports its
+    progress), rows of an editor and T with no stored chunk having no scores.
     """
     sample = with_loc_prompts(select_sample(requests, options), options)
     chunks = plan(len(sample), options.t_values)
@@ -479,7 +481,11 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
             _upgrade_stored(store, key, chunk_key(spec, fmt, chunk, sample[chunk.start:chunk.stop], options, None),
                             sample[chunk.start:chunk.stop])
     todo = [job for job in jobs if job[2] not in store]
-    if len(todo) < len(jobs):
+    if stored_only:
+        logger.info("reporting the %d of %d chunks stored in %s; %d are not run (stored-only)",
+                    len(jobs) - len(todo), len(jobs), store.path, len(todo))
+        todo = []
+    elif len(todo) < len(jobs):
         logger.info("resuming: %d of %d chunks are already in %s", len(jobs) - len(todo), len(jobs), store.path)
     bar = tqdm(total=sum(c.t for _, c, _ in todo), unit="edit", desc="lifelong edits", disable=not options.progress)
     setup_cache = SetupCache()  # every chunk starts from the same unedited weights
@@ -499,12 +505,12 @@ def run_comparison(specs: Sequence[EditorSpec], requests: Sequence[dict[str, Any
         bar.close()
     if baseline.hits:
         logger.info("%d unedited-model scores were read from %s instead of taken again", baseline.hits, baseline.path)
-    ordered = [store.lines[key] for _, _, key in jobs]
+    ordered = [store.lines[key] for _, _, key in jobs if key in store]
     summary = []
     for spec in specs:
         for t in options.t_values:
             lines = [line for line in ordered if line["editor"] == spec.label and line["T"] == t]
-            summary.append({"editor": spec.label, "T": t, **summarize(lines)})
+            summary.append({"editor": spec.label, "T": t, **summarize(lines), "planned_chunks": len(sample) // t})
     return {"dataset": fmt.name, "metrics": list(fmt.metrics), "t_values": list(options.t_values),
             "editors": [s.label for s in specs], "n": len(sample), "start": options.start, "seed": options.seed,
             "summary": summary, "chunks": ordered}

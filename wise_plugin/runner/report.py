@@ -44,9 +44,20 @@ def paper_table(result: dict[str, Any]) -> str:
     lines = [f"| method ({'/'.join(LABELS[m] for m in metrics)}) | " + " | ".join(f"T={t}" for t in ts) + " |",
              "|---|" + "---|" * len(ts)]
     for editor in result["editors"]:
-        cells = ["/".join(_fmt(_row(result, editor, t)[m], m) for m in metrics) for t in ts]
+        cells = ["/".join(_fmt(_row(result, editor, t)[m], m) for m in metrics) + _progress(_row(result, editor, t))
+                 for t in ts]
         lines.append(f"| {editor} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _progress(row: dict[str, Any]) -> str:
+    """`` (3 of 10 chunks)`` for an editor and T not finished yet (a stored-only report), else ``""``."""
+    planned = row.get("planned_chunks")
+    return "" if planned is None or row["chunks"] >= planned else f" ({row['chunks']} of {planned} chunks)"
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def detail_table(result: dict[str, Any]) -> str:
@@ -58,11 +69,12 @@ def detail_table(result: dict[str, Any]) -> str:
              "| edit s/edit | eval s/edit | memory kept | inference overhead |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["summary"]:
-        lines.append(f"| {row['editor']} | {row['T']} | {row['chunks']} | {row['edits']} | "
+        chunks = row["chunks"] if not _progress(row) else f"{row['chunks']} of {row['planned_chunks']}"
+        lines.append(f"| {row['editor']} | {row['T']} | {chunks} | {row['edits']} | "
                      f"{_fmt(row['gen_rel'], 'gen_rel')} | {_fmt(row.get('wild_rel'), 'wild_rel')} | "
                      f"{_fmt(row.get('wild_gen'), 'wild_gen')} | {_fmt(row.get('near'), 'near')} | "
-                     f"{row['edit_s_per_edit']:.2f} | "
-                     f"{row['eval_s_per_edit']:.2f} | {_memory(row)} | "
+                     f"{_seconds(row['edit_s_per_edit'])} | "
+                     f"{_seconds(row['eval_s_per_edit'])} | {_memory(row)} | "
                      f"{'-' if row.get('overhead') is None else format(row['overhead'], '.2f') + 'x'} |")
     return "\n".join(lines) + "\n"
 
@@ -91,33 +103,59 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(head) + "\n" + paper_table(result) + "\n" + detail_table(result)
 
 
+# cost at the end of each chunk, drawn beside the scores: (summary field, panel title, scale to show)
+COST_PANELS = {"edit_s_per_edit": ("edit s/edit", 1.0), "memory_share": ("memory kept (% of model)", 100.0),
+               "overhead": ("inference overhead (x)", 1.0)}
+
+
+def plot_panels(result: dict[str, Any]) -> list[str]:
+    """Summary fields that get a panel: the dataset's scores, the generation-based scores and the
+    costs, each only where some row has a value (FT-L keeps no memory, short chunks are not timed)."""
+    fields = list(result["metrics"]) + ["gen_rel", "wild_rel", "near"] + list(COST_PANELS)
+    return [f for f in fields if any(row.get(f) is not None for row in result["summary"])]
+
+
 def plot(result: dict[str, Any], path: str) -> Optional[str]:
-    """One panel per metric against T (log axis), a line per editor; None when matplotlib is missing."""
+    """One panel per metric and cost against T (log axis), a line per editor; None when matplotlib
+    is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed; no plot written (pip install matplotlib)")
         return None
-    metrics = [m for m in list(result["metrics"]) + ["gen_rel", "wild_rel", "near"]
-               if any(row.get(m) is not None for row in result["summary"])]
-    figure = Figure(figsize=(3.2 * len(metrics), 3.0), layout="constrained")
+    panels = plot_panels(result)
+    columns = min(len(panels), 5)
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
     FigureCanvasAgg(figure)  # the Agg canvas, without pyplot's global state
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        for editor in result["editors"]:
-            points = [(t, _row(result, editor, t)[metric]) for t in result["t_values"]]
-            points = [(t, v) for t, v in points if v is not None]
+    axes = list(figure.subplots(rows, columns, squeeze=False).flat)
+    for ax, field in zip(axes, panels):
+        title, scale = COST_PANELS.get(field, (LABELS.get(field), 1.0))
+        for number, editor in enumerate(result["editors"]):
+            color = f"C{number}"  # one colour per editor in every panel
+            rows = [_row(result, editor, t) for t in result["t_values"]]
+            points = [(row["T"], row[field] * scale, bool(_progress(row))) for row in rows if row[field] is not None]
             if points:
-                ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=editor)
+                ax.plot([t for t, _, _ in points], [v for _, v, _ in points], marker="o", color=color, label=editor)
+                unfinished = [(t, v) for t, v, partial in points if partial]
+                if unfinished:  # a stored-only report: means over the chunks done so far
+                    ax.plot([t for t, _ in unfinished], [v for _, v in unfinished], linestyle="none", marker="o",
+                            markerfacecolor="white", markeredgecolor=color)
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(result["t_values"], [str(t) for t in result["t_values"]])
         ax.set_xlabel("T (edits before scoring)")
-        ax.set_title(LABELS[metric])
-        if metric != "ppl":
+        ax.set_title(title)
+        if field not in COST_PANELS and field != "ppl":
             ax.set_ylim(-0.03, 1.03)
+        elif field != "overhead":
+            ax.set_ylim(bottom=0)  # seconds and memory from zero, so that the panels do not exaggerate growth
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     axes[0].legend()
+    if any(_progress(row) for row in result["summary"] if row["chunks"]):
+        figure.suptitle("hollow markers: editor and T with chunks still to run (mean of the chunks done)")
     figure.savefig(path, dpi=120)
     return path
 
