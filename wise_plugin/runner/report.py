@@ -103,7 +103,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(head) + "\n" + paper_table(result) + "\n" + detail_table(result)
 
 
-# cost at the end of each chunk, drawn beside the scores: (summary field, panel title, scale to show)
+# costs at the end of each chunk, drawn beside the scores: summary field -> (panel title, scale shown)
 COST_PANELS = {"edit_s_per_edit": ("edit s/edit", 1.0), "memory_share": ("memory kept (% of model)", 100.0),
                "overhead": ("inference overhead (x)", 1.0)}
 
@@ -134,8 +134,9 @@ def plot(result: dict[str, Any], path: str) -> Optional[str]:
         title, scale = COST_PANELS.get(field, (LABELS.get(field), 1.0))
         for number, editor in enumerate(result["editors"]):
             color = f"C{number}"  # one colour per editor in every panel
-            rows = [_row(result, editor, t) for t in result["t_values"]]
-            points = [(row["T"], row[field] * scale, bool(_progress(row))) for row in rows if row[field] is not None]
+            summary_rows = [_row(result, editor, t) for t in result["t_values"]]
+            points = [(row["T"], row[field] * scale, bool(_progress(row)))
+                      for row in summary_rows if row[field] is not None]
             if points:
                 ax.plot([t for t, _, _ in points], [v for _, v, _ in points], marker="o", color=color, label=editor)
                 unfinished = [(t, v) for t, v, partial in points if partial]
