@@ -44,16 +44,20 @@ def paper_table(result: dict[str, Any]) -> str:
     lines = [f"| method ({'/'.join(LABELS[m] for m in metrics)}) | " + " | ".join(f"T={t}" for t in ts) + " |",
              "|---|" + "---|" * len(ts)]
     for editor in result["editors"]:
-        cells = ["/".join(_fmt(_row(result, editor, t)[m], m) for m in metrics) + _progress(_row(result, editor, t))
-                 for t in ts]
+        rows = [_row(result, editor, t) for t in ts]
+        cells = ["/".join(_fmt(row[m], m) for m in metrics) + _progress(row) for row in rows]
         lines.append(f"| {editor} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _unfinished(row: dict[str, Any]) -> bool:
+    """An editor and T with chunks still to run (a stored-only report)."""
+    return row.get("planned_chunks") is not None and row["chunks"] < row["planned_chunks"]
+
+
 def _progress(row: dict[str, Any]) -> str:
-    """`` (3 of 10 chunks)`` for an editor and T not finished yet (a stored-only report), else ``""``."""
-    planned = row.get("planned_chunks")
-    return "" if planned is None or row["chunks"] >= planned else f" ({row['chunks']} of {planned} chunks)"
+    """`` (3 of 10 chunks)`` for an unfinished editor and T, else ``""``."""
+    return f" ({row['chunks']} of {row['planned_chunks']} chunks)" if _unfinished(row) else ""
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -69,7 +73,7 @@ def detail_table(result: dict[str, Any]) -> str:
              "| edit s/edit | eval s/edit | memory kept | inference overhead |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["summary"]:
-        chunks = row["chunks"] if not _progress(row) else f"{row['chunks']} of {row['planned_chunks']}"
+        chunks = f"{row['chunks']} of {row['planned_chunks']}" if _unfinished(row) else row["chunks"]
         lines.append(f"| {row['editor']} | {row['T']} | {chunks} | {row['edits']} | "
                      f"{_fmt(row['gen_rel'], 'gen_rel')} | {_fmt(row.get('wild_rel'), 'wild_rel')} | "
                      f"{_fmt(row.get('wild_gen'), 'wild_gen')} | {_fmt(row.get('near'), 'near')} | "
@@ -135,7 +139,7 @@ def plot(result: dict[str, Any], path: str) -> Optional[str]:
         for number, editor in enumerate(result["editors"]):
             color = f"C{number}"  # one colour per editor in every panel
             summary_rows = [_row(result, editor, t) for t in result["t_values"]]
-            points = [(row["T"], row[field] * scale, bool(_progress(row)))
+            points = [(row["T"], row[field] * scale, _unfinished(row))
                       for row in summary_rows if row[field] is not None]
             if points:
                 ax.plot([t for t, _, _ in points], [v for _, v, _ in points], marker="o", color=color, label=editor)
@@ -155,7 +159,7 @@ def plot(result: dict[str, Any], path: str) -> Optional[str]:
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     axes[0].legend()
-    if any(_progress(row) for row in result["summary"] if row["chunks"]):
+    if any(_unfinished(row) for row in result["summary"] if row["chunks"]):
         figure.suptitle("hollow markers: editor and T with chunks still to run (mean of the chunks done)")
     figure.savefig(path, dpi=120)
     return path
